@@ -1,0 +1,28 @@
+"""One rich console for progress bars, tables and warnings (stderr keeps stdout clean for data)."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True, highlight=False)
+T = TypeVar("T")
+
+
+def warn(message: str) -> None:
+    console.print(f"[bold yellow]WARNING[/]: {message}")
+
+
+@contextmanager
+def progress_bar() -> Iterator[Progress]:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        yield progress
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar (hidden when stderr is not a terminal)."""
+    with progress_bar() as progress:
+        yield from progress.track(items, total=total, description=description)

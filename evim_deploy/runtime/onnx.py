@@ -1,0 +1,64 @@
+"""ONNX Runtime backend."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UsageError
+from ..manifest import Manifest
+from .base import Backend
+
+ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+               "tensor(int8)": np.int8}
+
+
+def session_options(threads: int | None, profile: bool = False):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.enable_profiling = profile
+    return options
+
+
+class OnnxBackend(Backend):
+    """An ``.onnx`` file in an ONNX Runtime session (CPU unless ``provider`` says otherwise)."""
+
+    name = "onnx"
+
+    def __init__(self, path, threads=None, provider=None, profile: bool = False) -> None:
+        self.profile = profile
+        super().__init__(path, threads=threads, provider=provider)
+
+    def _read(self) -> Manifest:
+        import onnxruntime as ort
+        providers = [self.provider] if self.provider else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(self.threads, self.profile),
+                                                providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise UsageError(f"{self.path} is not a loadable ONNX model ({str(err).splitlines()[0][:200]})",
+                             "re-export it with evim-deploy export --target onnx") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "evim_deploy.manifest" not in meta:
+            raise UsageError(f"{self.path} carries no evim-deploy manifest", "export it with evim-deploy")
+        node = self.session.get_inputs()[0]
+        self.input_name = node.name
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in node.shape)
+        self.input_dtype = np.dtype(ONNX_DTYPES.get(node.type, np.float32))
+        return Manifest.from_json(meta["evim_deploy.manifest"])
+
+    def from_nchw(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(self.input_dtype, copy=False)
+
+    def _run(self, native: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: native})[0]
+
+    def end_profiling(self) -> str:
+        """Stop ORT's profiler; return the JSON trace path."""
+        return self.session.end_profiling()
+
+    def close(self) -> None:
+        self.session = None
