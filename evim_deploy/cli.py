@@ -203,7 +203,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- main
+# Modules that register more sub-commands with @command (imported lazily, before parsing).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="evim-deploy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"evim-deploy {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
