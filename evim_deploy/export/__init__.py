@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,3 +73,13 @@ def export(model: torch.nn.Module, target: str = "onnx", output: str | Path | No
     with staged_output(output, force) as staged:
         exporter(model, staged, precision=precision, calibration=calibration, **options)
     return output
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``evim_deploy.export(model, target="onnx", ...)`` call :func:`export` while the subpackage stays."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
