@@ -204,7 +204,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- main
 # Modules that register more sub-commands with @command (imported lazily, before parsing).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("evim_deploy.cli_bench",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True, highlight=False)
+if not console.is_terminal:  # logs and CI: wide enough for the benchmark table, no wrapping
+    console.width = 200
 T = TypeVar("T")
 
 

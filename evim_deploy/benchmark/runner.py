@@ -1,0 +1,226 @@
+"""Plan, export (what is missing) and measure benchmark rows; each row runs in its own process."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..backends import BACKENDS, BackendSpec, backend_for_path, get_backend
+from ..errors import EvimError, UsageError
+from .stats import Timing
+
+HW = tuple[int, int]
+
+
+@dataclass
+class RowSpec:
+    """One configuration to measure."""
+
+    backend: str
+    precision: str
+    resolution: HW
+    threads: int
+    batch: int
+    file: str | None = None
+
+
+@dataclass
+class BenchRow(RowSpec):
+    """A measured configuration (``status`` says why there is no timing when there is none)."""
+
+    status: str = "ok"
+    timing: Timing | None = None
+    load_ms: float | None = None
+    first_ms: float | None = None
+    peak_rss_mb: float | None = None
+    file_mb: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.timing is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision}"
+
+    def throughput(self) -> float | None:
+        return self.timing.throughput(self.batch) if self.timing else None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["resolution"] = list(self.resolution)
+        data["throughput_ips"] = self.throughput()
+        return data
+
+
+@dataclass
+class BenchConfig:
+    """What ``evim-deploy bench`` was asked to do."""
+
+    model: str = "m1"
+    checkpoint: str | None = None
+    files: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=lambda: ["onnx", "tflite", "coreml", "torch"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
+    threads: list[int] = field(default_factory=lambda: [2])
+    batches: list[int] = field(default_factory=lambda: [1])
+    resolutions: list[int] = field(default_factory=lambda: [224])
+    sweep_targets: list[str] = field(default_factory=lambda: ["onnx"])
+    iterations: int = 50
+    seconds: float | None = None
+    warmup: int = 10
+    workdir: str = "out/bench"
+    calib: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+def unavailable_reason(spec: BackendSpec) -> str | None:
+    """Why this backend cannot be measured here, or None."""
+    missing = spec.missing_modules()
+    if missing:
+        return f"not installed: pip install 'evim-deploy[{spec.extra}]'"
+    if spec.name == "coreml" and platform.system() != "Darwin":
+        return "needs macOS"
+    return None
+
+
+def plan(config: BenchConfig) -> list[RowSpec]:
+    """Rows to measure: given files, or targets x precisions at the first resolution plus the resolution sweep."""
+    if config.files:
+        return [RowSpec(backend_for_path(f).name, "file", (0, 0), t, b, f)
+                for f in config.files for t in config.threads for b in config.batches]
+    first, *rest = config.resolutions
+    rows = []
+    for target in config.targets:
+        spec = get_backend(target)
+        for precision in config.precisions:
+            if precision not in spec.precisions:
+                continue
+            sizes = [first] + (rest if target in config.sweep_targets and precision == config.precisions[0] else [])
+            rows += [RowSpec(target, precision, (size, size), t, b)
+                     for size in sizes for t in config.threads for b in config.batches]
+    return rows
+
+
+class ArtifactCache:
+    """Exports files into ``workdir`` on demand and reuses them across rows and runs."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        self.config = config
+        self.workdir = Path(config.workdir)
+        self._reference = None
+        self._deploy: dict[HW, object] = {}
+
+    def reference(self):
+        if self._reference is None:
+            from ..model import create_model
+            self._reference = create_model(self.config.model, self.config.checkpoint)
+        return self._reference
+
+    def path(self, row: RowSpec) -> Path:
+        spec = get_backend(row.backend)
+        dynamic = "_dyn" if row.backend == "onnx" and max(self.config.batches) > 1 else ""
+        source = Path(self.config.checkpoint).stem if self.config.checkpoint else "random"
+        name = f"{self.config.model}_{source}_{row.resolution[0]}x{row.resolution[1]}_{row.precision}{dynamic}"
+        return self.workdir / f"{name}{spec.suffix}"
+
+    def get(self, row: RowSpec) -> Path:
+        path = self.path(row)
+        if path.exists():
+            return path
+        from ..export import export
+        from ..model import reparameterize
+        if row.resolution not in self._deploy:
+            self._deploy[row.resolution] = reparameterize(self.reference(), row.resolution)
+        deploy = self._deploy[row.resolution]
+        calibration = self._calibration(deploy.manifest) if row.precision in ("int8", "w8a8") else None
+        options = dict(self.config.options.get(row.backend, {}))
+        if row.backend == "onnx" and max(self.config.batches) > 1:
+            options["dynamic_batch"] = True
+        return export(deploy, row.backend, path, row.precision, calibration, **options)
+
+    def _calibration(self, manifest):
+        from ..calibration import load_calibration
+        from ..samples import sample_images
+        folder = self.config.calib or str(sample_images()[0].parent)
+        return load_calibration(folder, manifest, samples=64)
+
+
+def measure_file(path: str | Path, row: RowSpec, config: BenchConfig) -> dict:
+    """Run the worker on one file in a fresh Python process; return its JSON result."""
+    spec = {"file": str(path), "threads": row.threads, "batch": row.batch, "iterations": config.iterations,
+            "seconds": config.seconds, "warmup": config.warmup}
+    proc = subprocess.run([sys.executable, "-m", "evim_deploy.benchmark.worker", json.dumps(spec)],
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"ok": False, "error": f"worker exited {proc.returncode}: {tail[:300]}"}
+    return json.loads(lines[-1])
+
+
+def run_row(row: RowSpec, cache: ArtifactCache, config: BenchConfig) -> BenchRow:
+    result = BenchRow(**asdict(row))
+    reason = unavailable_reason(get_backend(row.backend))
+    if reason:
+        result.status = reason
+        return result
+    try:
+        path = Path(row.file) if row.file else cache.get(row)
+    except EvimError as err:
+        result.status = f"export failed: {err}"
+        return result
+    result.file = str(path)
+    result.file_mb = _size_mb(path)
+    measured = measure_file(path, row, config)
+    if not measured.get("ok"):
+        result.status = f"failed: {measured.get('error')}"
+        return result
+    result.timing = Timing(**measured["timing"])
+    result.load_ms, result.first_ms = measured["load_ms"], measured["first_ms"]
+    result.peak_rss_mb = measured["peak_rss_mb"]
+    if row.file:
+        result.resolution, result.precision = tuple(measured["resolution"]), measured["precision"]
+    return result
+
+
+def _size_mb(path: Path) -> float:
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return total / 1e6
+
+
+def run(config: BenchConfig, on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
+    """Measure every planned row (exporting what is missing); ``on_row`` is called after each."""
+    for target in config.targets:
+        if target not in BACKENDS:
+            raise UsageError(f"unknown target {target!r}", f"choose from {', '.join(BACKENDS)}")
+    cache = ArtifactCache(config)
+    rows = []
+    for spec in plan(config):
+        row = run_row(spec, cache, config)
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows
+
+
+def scaling_slopes(rows: list[BenchRow]) -> dict[str, float]:
+    """Least-squares slope of log(latency) vs log(pixels) per backend/precision (1.0 = linear in pixels)."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row.ok and row.batch == 1:
+            pixels = row.resolution[0] * row.resolution[1]
+            groups.setdefault(f"{row.label} @{row.threads}t", []).append((math.log(pixels),
+                                                                         math.log(row.timing.median_ms)))
+    slopes = {}
+    for label, points in groups.items():
+        if len({p for p, _ in points}) >= 3:
+            mx = sum(p for p, _ in points) / len(points)
+            my = sum(t for _, t in points) / len(points)
+            slopes[label] = sum((p - mx) * (t - my) for p, t in points) / sum((p - mx) ** 2 for p, _ in points)
+    return slopes

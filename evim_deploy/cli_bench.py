@@ -1,0 +1,122 @@
+"""``evim-deploy bench``: every backend measured under identical conditions, reported and plotted."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .backends import BACKENDS
+from .cli import command
+from .console import console, progress_bar
+from .errors import UsageError
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="*", type=Path, help="model files to measure (default: export --model)")
+    p.add_argument("--model", default="m1")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--targets", type=name_list, default=list(BACKENDS), help="comma list (default: all)")
+    p.add_argument("--precisions", type=name_list, default=["fp32", "int8"])
+    p.add_argument("--threads", type=int_list, default=[2], help="sweep, e.g. 1,2,4 (default 2)")
+    p.add_argument("--batch", type=int_list, default=[1], help="sweep, e.g. 1,8,32")
+    p.add_argument("--resolutions", type=int_list, default=[224, 384, 512, 768, 1024],
+                   help="first = main size; the rest sweep --sweep-targets (default 224,384,512,768,1024)")
+    p.add_argument("--sweep-targets", type=name_list, default=["onnx"],
+                   help="targets measured at every resolution, first precision only (default onnx)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--iterations", type=int, default=50)
+    group.add_argument("--seconds", type=float, help="measure for S seconds per row instead")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--workdir", type=Path, default=Path("out/bench"), help="exported files are cached here")
+    p.add_argument("--calib", type=Path, help="INT8 calibration images (default: bundled samples)")
+    p.add_argument("--json", type=Path, help="default <workdir>/bench.json")
+    p.add_argument("--csv", type=Path)
+    p.add_argument("--markdown", type=Path)
+    p.add_argument("--plot", type=Path, help="PNG, default <workdir>/bench.png")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, or adb:SERIAL for an Android phone")
+
+
+@command("bench", "measure latency of every backend side by side; table, JSON, CSV, Markdown, plot", _configure)
+def run_bench(args: argparse.Namespace) -> int:
+    from .benchmark import report, runner
+    from .benchmark.machine import machine_info
+    if args.device == "cuda":
+        return _run_cuda(args)
+    for path in args.files:
+        if not path.exists():
+            raise UsageError(f"model file not found: {path}", "check the path")
+    config = runner.BenchConfig(
+        model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        files=[str(f) for f in args.files], targets=args.targets, precisions=args.precisions,
+        threads=args.threads, batches=args.batch, resolutions=args.resolutions, sweep_targets=args.sweep_targets,
+        iterations=args.iterations, seconds=args.seconds, warmup=args.warmup, workdir=str(args.workdir),
+        calib=str(args.calib) if args.calib else None)
+    if args.device.startswith("adb:"):
+        return _run_adb(args, config)
+    if args.device != "cpu":
+        raise UsageError(f"unknown device {args.device!r}", "use cpu, cuda or adb:SERIAL")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    planned = runner.plan(config)
+    with progress_bar() as progress:
+        task = progress.add_task("benchmark", total=len(planned))
+        rows = runner.run(config, on_row=lambda row: progress.update(
+            task, advance=1, description=f"{row.label} {row.resolution[0]}px {row.threads}t"))
+    machine = machine_info()
+    console.print(report.table(rows, f"evim-deploy bench — {machine['cpu']}, {machine['usable_cores']} cores"))
+    for label, slope in report.scaling_slopes(rows).items():
+        console.print(f"log-latency vs log-pixels slope, {label}: [bold]{slope:.3f}[/] (1.0 = linear in pixels)")
+    _write_outputs(args, rows, machine, asdict(config))
+    return 0 if any(r.ok for r in rows) else 1
+
+
+def _write_outputs(args, rows, machine: dict, config: dict) -> None:
+    from .benchmark import report
+    json_path = args.json or args.workdir / "bench.json"
+    plot_path = args.plot or args.workdir / "bench.png"
+    for path in filter(None, (json_path, plot_path, args.csv, args.markdown)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    report.write_json(json_path, rows, machine, config)
+    report.plot(plot_path, rows)
+    if args.csv:
+        report.write_csv(args.csv, rows)
+    if args.markdown:
+        args.markdown.write_text(report.markdown(rows, machine))
+    console.print(f"wrote {json_path} and {plot_path}" + "".join(f", {p}" for p in (args.csv, args.markdown) if p))
+
+
+def _run_adb(args, config) -> int:
+    """Export the TFLite rows here, run them on the phone with benchmark_model."""
+    from .benchmark import adb, runner
+    config.targets, config.sweep_targets = ["tflite"], []
+    cache = runner.ArtifactCache(config)
+    results = []
+    for spec in runner.plan(config):
+        path = Path(spec.file) if spec.file else cache.get(spec)
+        timing = adb.run_on_device(path, args.device, threads=spec.threads)
+        results.append({"file": str(path), "threads": spec.threads, **asdict(timing)})
+        console.print(f"{path.name} on {args.device}, {spec.threads} threads: avg {timing.avg_ms:.2f} ms "
+                      f"± {timing.std_ms:.2f} (init {timing.init_ms:.0f} ms, first {timing.first_ms:.1f} ms)")
+    out = args.json or args.workdir / "bench_device.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": args.device, "rows": results}, indent=2))
+    return 0
+
+
+def _run_cuda(args) -> int:
+    import importlib.util
+    if importlib.util.find_spec("evim_deploy.gpu.bench") is None:
+        raise UsageError("the CUDA benchmark is not part of this build", "see bench/gpu_throughput.py")
+    from .gpu import bench as gpu_bench
+    return gpu_bench.main_from_cli(args)
