@@ -112,6 +112,12 @@ class Backend(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def io(self) -> dict:
+        """Names, shapes and dtypes of the file's inputs and outputs, as an app sees them."""
+        batch = self.input_shape[0] if self.input_shape else None
+        return {"inputs": [{"name": "input", "shape": list(self.input_shape), "dtype": str(self.input_dtype)}],
+                "outputs": [{"name": "logits", "shape": [batch, self.manifest.num_classes], "dtype": "float32"}]}
+
     def describe(self) -> dict:
         return {"backend": self.name, "file": str(self.path), "input_shape": list(self.input_shape),
                 "input_dtype": str(self.input_dtype), "precision": self.manifest.precision}

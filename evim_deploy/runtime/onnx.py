@@ -50,6 +50,12 @@ class OnnxBackend(Backend):
         self.input_dtype = np.dtype(ONNX_DTYPES.get(node.type, np.float32))
         return Manifest.from_json(meta["evim_deploy.manifest"])
 
+    def io(self) -> dict:
+        def describe(nodes):
+            return [{"name": n.name, "shape": [d if isinstance(d, int) else None for d in n.shape],
+                     "dtype": str(np.dtype(ONNX_DTYPES.get(n.type, np.float32)))} for n in nodes]
+        return {"inputs": describe(self.session.get_inputs()), "outputs": describe(self.session.get_outputs())}
+
     def from_nchw(self, x: np.ndarray) -> np.ndarray:
         return x.astype(self.input_dtype, copy=False)
 
