@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/evim-deploy info --model m1
+	$(VENV)/bin/evim-deploy demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -86,7 +86,8 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, choices=EXPORT_TARGETS)
+    p.add_argument("--target", required=True, choices=[*EXPORT_TARGETS, "all"],
+                   help="one target, or all: a folder with every mobile target and precision (--output DIR)")
     add_model_args(p)
     p.add_argument("--precision", help="fp32 | fp16 | int8 (| w8a8 for coreml); default per target")
     p.add_argument("--output", type=Path, help="output file (default <variant>_<precision><suffix>)")
@@ -119,6 +120,9 @@ def calibration_for(args: argparse.Namespace, precision: str, manifest):
 
 @command("export", "export to onnx, coreml, tflite or torch, then verify against the reference", _configure_export)
 def run_export(args: argparse.Namespace) -> int:
+    if args.target == "all":
+        from .cli_bundle import run_bundle_export
+        return run_bundle_export(args)
     from .export import export
     from .model import reparameterize
     spec = get_backend(args.target)
@@ -204,7 +208,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- main
 # Modules that register more sub-commands with @command (imported lazily, before parsing).
-COMMAND_MODULES: tuple[str, ...] = ("evim_deploy.cli_bench",)
+COMMAND_MODULES: tuple[str, ...] = ("evim_deploy.cli_bench", "evim_deploy.cli_bundle")
 
 
 def build_parser() -> argparse.ArgumentParser:
