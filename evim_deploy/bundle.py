@@ -100,7 +100,7 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
             spec = BACKENDS[target]
             entry = BundleFile(f"model-{precision}{spec.suffix}", target, precision)
             bundle.files.append(entry)
-            console.print(f"[bold]{target} {precision}[/] → {entry.file}")
+            console.print(f"{target} {precision} → {entry.file}", style="bold")
             try:
                 path = export(deploy, target, staged / entry.file, precision, calibration,
                               **(options or {}).get(target, {}))

@@ -134,7 +134,7 @@ def run_export(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     path = export(deploy, args.target, args.output, precision, calibration, force=args.force,
                   calib_method=args.calib_method, per_channel=not args.per_tensor, **target_options(args, args.target))
-    console.print(f"[green]wrote[/] {path} ({_size(path)}, {precision}) in {time.perf_counter() - start:.1f}s")
+    console.print(f"wrote {path} ({_size(path)}, {precision}) in {time.perf_counter() - start:.1f}s", style="green")
     if args.no_verify:
         return 0
     return report_verify(path, model, trained=args.checkpoint is not None)
@@ -151,8 +151,7 @@ def report_verify(path: Path, reference, images: Path | None = None, trained: bo
     from .verify import verify
     with load(path, **runtime_options) as backend:
         report = verify(backend, reference, images, trained=trained)
-    style = "green" if report.passed else "bold red"
-    console.print(f"[{style}]verify {path.name}[/]: {report.summary()}")
+    console.print(f"verify {path.name}: {report.summary()}", style="green" if report.passed else "bold red")
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
     return 0 if report.passed else 1
@@ -208,7 +207,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- main
 # Modules that register more sub-commands with @command (imported lazily, before parsing).
-COMMAND_MODULES: tuple[str, ...] = ("evim_deploy.cli_bench", "evim_deploy.cli_bundle")
+COMMAND_MODULES: tuple[str, ...] = ("evim_deploy.cli_bench", "evim_deploy.cli_bundle", "evim_deploy.cli_eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,16 +231,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EvimError as err:
         if args.debug:
             raise
-        console.print(f"[bold red]error[/]: {err}", soft_wrap=True)
+        console.print(f"error: {err}", style="bold red", soft_wrap=True)
         return err.exit_code
     except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]: nothing was written")
+        console.print("interrupted: nothing was written", style="bold red")
         return 130
     except Exception as err:  # last resort: one line, the traceback behind --debug
         if args.debug:
             raise
-        console.print(f"[bold red]internal error[/]: {type(err).__name__}: {err} (rerun with --debug for the "
-                      "traceback and please report it)", soft_wrap=True)
+        console.print(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the "
+                      "traceback and please report it)", style="bold red", soft_wrap=True)
         return 3
 
 

@@ -76,7 +76,7 @@ def run_bench(args: argparse.Namespace) -> int:
     machine = machine_info()
     console.print(report.table(rows, f"evim-deploy bench — {machine['cpu']}, {machine['usable_cores']} cores"))
     for label, slope in report.scaling_slopes(rows).items():
-        console.print(f"log-latency vs log-pixels slope, {label}: [bold]{slope:.3f}[/] (1.0 = linear in pixels)")
+        console.print(f"log-latency vs log-pixels slope, {label}: {slope:.3f} (1.0 = linear in pixels)", style="bold")
     _write_outputs(args, rows, machine, asdict(config))
     return 0 if any(r.ok for r in rows) else 1
 

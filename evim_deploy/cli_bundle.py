@@ -38,6 +38,7 @@ def run_bundle_export(args: argparse.Namespace) -> int:
 
 def print_summary(bundle, timings: dict[str, float] | None = None) -> None:
     from rich.table import Table
+    from rich.text import Text
     table = Table(title=f"{bundle.path}  ({bundle.manifest['variant']}, "
                         f"{bundle.manifest['input_size'][0]}x{bundle.manifest['input_size'][1]})")
     for name in ("file", "target", "precision", "size MB", "verify", "cosine", "max|Δ|", "top-1", "median ms"):
@@ -47,7 +48,7 @@ def print_summary(bundle, timings: dict[str, float] | None = None) -> None:
         worst = min(metrics.values(), key=lambda m: m["cosine"]) if metrics else None
         ms = (timings or {}).get(f.file)
         table.add_row(f.file, f.target, f.precision, f"{f.bytes / 1e6:.2f}",
-                      "PASS" if f.status == "PASS" else f"[red]{f.status}[/]",
+                      Text(f.status, style=None if f.status == "PASS" else "red"),
                       f"{worst['cosine']:.6f}" if worst else "", f"{worst['max_abs']:.1e}" if worst else "",
                       f"{worst['top1']:.0%}" if worst else "", ms if isinstance(ms, str) else f"{ms:.2f}" if ms else "")
     console.print(table)
@@ -65,8 +66,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from .bundle import build_bundle
     from .model import create_model, reparameterize
     from .samples import sample_calibration
-    console.print("[yellow]demo: EfficientViM-M1 with random weights (seed 0, no checkpoint); the numbers show "
-                  "the pipeline, not ImageNet accuracy[/]")
+    console.print("demo: EfficientViM-M1 with random weights (seed 0, no checkpoint); the numbers show "
+                  "the pipeline, not ImageNet accuracy", style="yellow")
     model = create_model("m1", seed=0)
     deploy = reparameterize(model, model.manifest.input_size)
     calibration = sample_calibration(deploy.manifest)

@@ -7,14 +7,14 @@ from typing import Iterable, Iterator, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, markup=False)  # messages carry paths and [extras]
 if not console.is_terminal:  # logs and CI: wide enough for the benchmark table, no wrapping
     console.width = 200
 T = TypeVar("T")
 
 
 def warn(message: str) -> None:
-    console.print(f"[bold yellow]WARNING[/]: {message}")
+    console.print(f"WARNING: {message}", style="bold yellow")
 
 
 @contextmanager

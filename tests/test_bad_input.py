@@ -1,0 +1,173 @@
+"""The bad-input matrix: one line naming the problem and the fix, non-zero exit, no traceback, nothing partial left.
+
+Rows covered elsewhere: checkpoints (missing/truncated/corrupt/pickled code/wrong variant/wrong classes) in
+test_checkpoint.py; calibration folders (empty, non-images) in test_calibration.py; Core ML on Linux in
+test_coreml*.py and test_bench.py; a missing TFLite extra in test_tflite*.py.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from evim_deploy import preprocess
+from evim_deploy.backends import BackendSpec
+from evim_deploy.errors import UsageError
+from evim_deploy.manifest import Manifest
+
+
+def assert_clean_error(code: int, err: str, *needles: str, exit_code: int = 2) -> None:
+    text = " ".join(err.split())
+    assert code == exit_code, err
+    assert "Traceback" not in err and "error:" in text
+    for needle in needles:
+        assert needle in text, text
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    from evim_deploy import create_model, export, reparameterize
+    return export(reparameterize(create_model("m1"), (64, 64)), target="onnx",
+                  output=tmp_path_factory.mktemp("onnx") / "m1.onnx")
+
+
+def test_output_exists_is_refused_without_force(capsys, small_onnx):
+    before = small_onnx.stat().st_mtime_ns
+    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64", "--output", small_onnx)
+    assert_clean_error(code, err, "already exists", "--force")
+    assert small_onnx.stat().st_mtime_ns == before
+
+
+def test_force_overwrites(capsys, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64", "--output", out, "--force",
+                           "--no-verify")
+    assert code == 0, err and out.stat().st_size > 1000
+
+
+def test_unwritable_output_path(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64",
+                           "--output", blocker / "sub" / "m.onnx")
+    assert_clean_error(code, err, "cannot write", "writable --output")
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_sigint_during_export_leaves_nothing(tmp_path):
+    out = tmp_path / "m1.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "evim_deploy.cli", "export", "--target", "onnx", "--output",
+                             str(out)], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".m1.onnx.") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    assert any(p.name.startswith(".m1.onnx.") for p in tmp_path.iterdir()), "export never started writing"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_optional_extra_names_the_pip_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(BackendSpec, "missing_modules", lambda self: ["coremltools"] if self.extra else [])
+    code, _, err = run_cli(capsys, "export", "--target", "coreml", "--output", tmp_path / "m.mlpackage")
+    assert_clean_error(code, err, "coremltools is not installed", "pip install 'evim-deploy[coreml]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resolution_too_small_says_the_minimum(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "48x200",
+                           "--output", tmp_path / "m.onnx")
+    assert_clean_error(code, err, "too small", "at least 64x64")
+
+
+def test_predict_on_a_non_image(capsys, small_onnx, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    code, _, err = run_cli(capsys, "predict", small_onnx, text)
+    assert_clean_error(code, err, "not a readable image")
+
+
+def test_predict_on_a_missing_model(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "predict", tmp_path / "nope.onnx", tmp_path / "x.jpg")
+    assert_clean_error(code, err, "model file not found")
+
+
+def test_unknown_file_suffix(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "verify", tmp_path / "model.bin")
+    assert_clean_error(code, err, "cannot tell the backend", ".onnx")
+
+
+@pytest.mark.parametrize("array,needle", [
+    (np.zeros((1, 3, 100, 100), np.float32), "does not fit"),
+    (np.zeros((1, 64, 64, 3), np.float32), "layout: this file takes NCHW"),
+    (np.zeros((1, 3, 64, 64), np.int32), "dtype int32"),
+    ([[1.0, 2.0]], "expected a numpy array"),
+])
+def test_runtime_rejects_wrong_shape_dtype_layout(small_onnx, array, needle):
+    from evim_deploy.runtime import load
+    with load(small_onnx) as backend, pytest.raises(UsageError) as info:
+        backend.predict(array) if isinstance(array, np.ndarray) else backend.check_input(array)
+    assert needle in str(info.value)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from evim_deploy.cli import main
+    with pytest.raises(UsageError):
+        main(["--debug", "predict", str(tmp_path / "nope.onnx"), str(tmp_path / "x.jpg")])
+
+
+# ---- images: grayscale, CMYK, 16-bit, EXIF-rotated, huge -----------------------------------------------------
+MANIFEST = Manifest("m1", 10, (64, 64), [str(i) for i in range(10)])
+
+
+def _photo(size=(120, 80)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def test_grayscale_and_cmyk_and_16bit_are_converted(tmp_path):
+    _photo().convert("L").save(tmp_path / "gray.png")
+    _photo().convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray((np.arange(80 * 120).reshape(80, 120) * 6).astype(np.uint16)).save(tmp_path / "deep.png")
+    for name in ("gray.png", "cmyk.jpg", "deep.png"):
+        img = preprocess.load_image(tmp_path / name)
+        assert img.mode == "RGB" and img.size == (120, 80)
+        assert preprocess.preprocess(img, MANIFEST).shape == (3, 64, 64)
+    deep = np.asarray(preprocess.load_image(tmp_path / "deep.png"))
+    assert deep.max() > 200, "16-bit images must be scaled to 8 bits, not clipped"
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    photo = _photo()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    photo.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    img = preprocess.load_image(tmp_path / "rotated.jpg")
+    assert img.size == (80, 120)
+
+
+def test_huge_image_is_refused(tmp_path, monkeypatch):
+    _photo((400, 300)).save(tmp_path / "big.png")
+    monkeypatch.setattr(preprocess, "MAX_PIXELS", 100_000)
+    with pytest.raises(UsageError, match="larger than 100,000 pixels"):
+        preprocess.load_image(tmp_path / "big.png")
+
+
+def test_calibration_skips_unreadable_and_converts_odd_images(tmp_path, capsys):
+    from evim_deploy.calibration import load_calibration
+    _photo().convert("L").save(tmp_path / "gray.png")
+    _photo().convert("CMYK").save(tmp_path / "cmyk.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    calib = load_calibration(tmp_path, MANIFEST, samples=10)
+    assert len(calib) == 2 and len(calib.skipped) == 1 and calib.skipped[0].endswith("broken.jpg")
+    assert "skipped 1 unreadable" in " ".join(capsys.readouterr().err.split())
