@@ -175,6 +175,9 @@ def run_row(row: RowSpec, cache: ArtifactCache, config: BenchConfig) -> BenchRow
     except EvimError as err:
         result.status = f"export failed: {err}"
         return result
+    except Exception as err:  # one broken exporter must not sink the other rows
+        result.status = f"export failed (internal): {type(err).__name__}: {err}"
+        return result
     result.file = str(path)
     result.file_mb = _size_mb(path)
     measured = measure_file(path, row, config)
