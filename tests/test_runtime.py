@@ -42,3 +42,15 @@ def test_predict_is_thread_safe(onnx_file):
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             assert all(pool.map(worker, range(8)))
+
+
+def test_torch_export_archive_round_trip(tmp_path):
+    from evim_deploy import create_model, export, reparameterize
+    from evim_deploy.model.randomize import randomize_
+    from evim_deploy.verify import verify
+    model = randomize_(create_model("m1", seed=3), seed=3)
+    path = export(reparameterize(model, (96, 128)), target="torch", output=tmp_path / "m1.pt2")
+    with load(path) as backend:
+        assert backend.manifest.input_size == (96, 128) and backend.input_shape == (1, 3, 96, 128)
+        report = verify(backend, model)
+    assert report.passed and report.metrics["random"].max_abs < 1e-5

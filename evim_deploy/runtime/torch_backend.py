@@ -1,7 +1,5 @@
-"""PyTorch backend: a ``.pt2`` archive, or any in-memory module (the reference or deploy form)."""
+"""PyTorch backend: a ``.pt2`` ``torch.export`` archive of the deploy form."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,18 +26,6 @@ class TorchBackend(Backend):
         manifest = Manifest.from_json(extra[MANIFEST_FILE])
         self.input_shape = (1, 3, *manifest.input_size)
         return manifest
-
-    @classmethod
-    def from_module(cls, module: torch.nn.Module, manifest: Manifest, threads: int | None = None,
-                    name: str = "torch") -> "TorchBackend":
-        """Wrap a live module (no file): used by ``bench`` for the eager reference and deploy rows."""
-        backend = cls.__new__(cls)
-        backend.path, backend.threads, backend.provider = Path(f"<{name}>"), threads, None
-        backend.module, backend.manifest = module.eval(), manifest
-        backend.input_shape = (None, 3, *manifest.input_size)
-        import threading
-        backend._lock = threading.Lock()
-        return backend
 
     @torch.inference_mode()
     def _run(self, native: np.ndarray) -> np.ndarray:
