@@ -25,10 +25,12 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 
 def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
-    p.add_argument("--model", default="m1", help="variant: m1..m4 or m1_dist..m4_dist (default m1)")
+    p.add_argument("--model", default="m1", help="variant: m1..m4, m1_dist..m4_dist or tiny (default m1)")
     p.add_argument("--checkpoint", type=Path, help="official .pth (model/model_ema), timm or plain state dict")
     p.add_argument("--num-classes", type=int, help="classes of the head (inferred from a checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="random-init seed when there is no checkpoint")
+    p.add_argument("--labels", type=Path, help="class names, one per line in class-index order (default: "
+                   "ImageNet's for 1000 classes, else class_i)")
     if resolution:
         p.add_argument("--resolution", help="224 or HxW, e.g. 192x320 (default: the variant's)")
 
@@ -36,7 +38,8 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
 def build_model(args: argparse.Namespace):
     """Reference model and deploy input size from the common model arguments."""
     from .model import create_model, get_variant, parse_resolution
-    model = create_model(args.model, args.checkpoint, args.num_classes, seed=args.seed)
+    model = create_model(args.model, args.checkpoint, args.num_classes, seed=args.seed,
+                         labels=getattr(args, "labels", None))
     if args.checkpoint is None:
         console.print(f"[yellow]no --checkpoint: random weights (seed {args.seed}); predictions are meaningless[/]")
     size = getattr(args, "resolution", None) or get_variant(args.model).input_size

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,6 +22,17 @@ def imagenet_labels() -> tuple[str, ...]:
 
 def default_labels(num_classes: int) -> list[str]:
     return list(imagenet_labels()) if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Class names from a text file, one per line in class-index order (blank lines ignored)."""
+    from .errors import UsageError
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read labels file {path} ({type(err).__name__})",
+                         "pass a UTF-8 text file with one class name per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _version() -> str:

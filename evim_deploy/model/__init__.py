@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from ..errors import CheckpointError, UsageError
-from ..manifest import Manifest, default_labels
+from ..manifest import Manifest, default_labels, read_labels
 from .checkpoint import infer_architecture, load_weights, read_state_dict, sha256_file
 from .deploy import DeployEfficientViM, reparameterize, stem_output_size
 from .efficientvim import EfficientViM
@@ -27,13 +28,14 @@ def _suggest(arch) -> str:
 
 
 def create_model(variant: str = "m1", checkpoint: str | Path | None = None, num_classes: int | None = None,
-                 seed: int | None = 0) -> EfficientViM:
+                 seed: int | None = 0, labels: Sequence[str] | str | Path | None = None) -> EfficientViM:
     """Build the reference model, optionally loading an official/timm/plain checkpoint.
 
     ``num_classes`` and distillation are inferred from the checkpoint when it is given.
     Without a checkpoint the weights are random, drawn with ``seed`` (recorded in the manifest so
     that ``verify`` can rebuild the same model). The returned model is in eval mode and carries a
-    :class:`Manifest` as ``model.manifest``.
+    :class:`Manifest` as ``model.manifest``. ``labels`` (class names in index order, or a text file
+    with one per line) go into the manifest; the default is ImageNet's for 1000 classes, else ``class_i``.
     """
     spec = get_variant(variant)
     state, sha, distillation = None, None, spec.distillation
@@ -59,10 +61,20 @@ def create_model(variant: str = "m1", checkpoint: str | Path | None = None, num_
         load_weights(model, state, hint)
     name = spec.base + ("_dist" if distillation else "")
     model.manifest = Manifest(variant=name, num_classes=num_classes, input_size=(spec.input_size,) * 2,
-                              labels=default_labels(num_classes),
+                              labels=_labels(labels, num_classes),
                               source=Path(checkpoint).name if checkpoint else None, source_sha256=sha,
                               seed=None if checkpoint else seed)
     return model.eval()
+
+
+def _labels(labels: Sequence[str] | str | Path | None, num_classes: int) -> list[str]:
+    if labels is None:
+        return default_labels(num_classes)
+    names = read_labels(labels) if isinstance(labels, (str, Path)) else [str(name) for name in labels]
+    if len(names) != num_classes:
+        raise UsageError(f"{len(names)} labels given for a {num_classes}-class model",
+                         "pass exactly one class name per output, in class-index order")
+    return names
 
 
 def model_from_manifest(manifest: Manifest, checkpoint: str | Path | None = None) -> EfficientViM:
@@ -74,7 +86,7 @@ def model_from_manifest(manifest: Manifest, checkpoint: str | Path | None = None
         raise UsageError(f"checkpoint {checkpoint} is not the one the file was exported from ({manifest.source})",
                          "pass the checkpoint recorded in the file's manifest")
     return create_model(manifest.variant, checkpoint, None if checkpoint else manifest.num_classes,
-                        seed=manifest.seed if manifest.seed is not None else 0)
+                        seed=manifest.seed if manifest.seed is not None else 0, labels=manifest.labels)
 
 
 def parse_resolution(text: str | int | tuple[int, int]) -> tuple[int, int]:
