@@ -26,5 +26,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/cpu_latency.py
 
+# The trained fixture through every target x precision: accuracy/agreement table, exit 1 on any miss.
+fidelity: $(STAMP)
+	$(PY) bench/fidelity.py
+
 clean:
 	rm -rf $(VENV) out .pytest_cache

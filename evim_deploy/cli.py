@@ -96,6 +96,8 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="output file (default <variant>_<precision><suffix>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--no-verify", action="store_true", help="skip the check against the reference")
+    p.add_argument("--fidelity", type=float, help="INT8: keep the fewest layer groups in float that reach this "
+                   "logits cosine on the calibration images, e.g. 0.995 (recorded in the manifest)")
     add_calibration_args(p)
     seen = set()
     for spec in BACKENDS.values():
@@ -136,7 +138,8 @@ def run_export(args: argparse.Namespace) -> int:
     calibration = calibration_for(args, precision, deploy.manifest)
     start = time.perf_counter()
     path = export(deploy, args.target, args.output, precision, calibration, force=args.force,
-                  calib_method=args.calib_method, per_channel=not args.per_tensor, **target_options(args, args.target))
+                  calib_method=args.calib_method, per_channel=not args.per_tensor, fidelity=args.fidelity,
+                  **target_options(args, args.target))
     console.print(f"wrote {path} ({_size(path)}, {precision}) in {time.perf_counter() - start:.1f}s", style="green")
     if args.no_verify:
         return 0

@@ -70,7 +70,11 @@ def export(model: torch.nn.Module, target: str = "onnx", output: str | Path | No
         raise UsageError("export takes the deploy form", "pass evim_deploy.reparameterize(model, input_size)")
     exporter = spec.load_exporter()
     output = Path(output or f"{model.manifest.variant}_{precision}{spec.suffix}")
+    fidelity = options.pop("fidelity", None)
     with staged_output(output, force) as staged:
+        if fidelity is not None:  # mixed precision: the fewest float layer groups that reach this cosine
+            from ..quantize_report import with_fidelity
+            model, options = with_fidelity(model, target, precision, calibration, fidelity, options)
         exporter(model, staged, precision=precision, calibration=calibration, **options)
     return output
 

@@ -1,0 +1,162 @@
+"""``make fidelity``: the trained fixture through every target x precision; accuracy and agreement with fp32.
+
+    .venv/bin/python bench/fidelity.py [--targets onnx tflite] [--out out/fidelity] [--fidelity 0.995]
+
+The fixture is EfficientViM ``tiny`` trained on scikit-learn's digits (``tests/fixtures``). Every file
+is exported through the public API (INT8 calibrated on the fixture's calibration folder, with
+``--fidelity`` where the target supports mixed precision), then run on the 360 held-out images.
+A file misses its target when its top-1 drops more than 0.5 point below the fp32 reference, or when
+its logits fail ``verify``'s bounds for trained weights (INT8: cosine >= 0.995, top-1 agreement >= 99%).
+Exit status 1 on any miss or failed export; rows whose runtime cannot run here are listed with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evim_deploy.backends import BACKENDS  # noqa: E402
+from evim_deploy.errors import BackendUnavailableError, EvimError  # noqa: E402
+from evim_deploy.evaluate import EvalResult, evaluate_file, evaluate_reference  # noqa: E402
+from evim_deploy.verify import Metrics, check, thresholds_for  # noqa: E402
+from tests.fixtures.train_fixture import CHECKPOINT, LABELS_FILE, write_image_folders  # noqa: E402
+
+MAX_ACCURACY_DROP = 0.005  # the issue's floor: at most 0.5 point of top-1 below fp32
+
+
+@dataclass
+class Row:
+    """One exported file of the fixture and how it did on the held-out split."""
+
+    target: str
+    precision: str
+    status: str                       # pass | MISS | FAILED | not run
+    top1: float | None = None
+    top5: float | None = None
+    drop: float | None = None
+    agreement: float | None = None
+    cosine: float | None = None
+    min_cosine: float | None = None
+    megabytes: float | None = None
+    seconds: float | None = None
+    float_groups: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def fixture(out: Path):
+    """The trained reference, its image folders and its fp32 held-out result."""
+    from evim_deploy.model import create_model
+    folders = write_image_folders(out / "digits")
+    reference = create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
+    return reference, folders, evaluate_reference(reference, folders["heldout"])
+
+
+def judge(path: Path, folders: dict[str, Path], reference: EvalResult, target: str, precision: str,
+          seconds: float) -> Row:
+    """Evaluate ``path`` on the held-out split and hold it to the fidelity bounds."""
+    result = evaluate_file(path, folders["heldout"])
+    metrics = Metrics.compare(reference.logits, result.logits)
+    manifest_extra = _manifest(path).extra
+    row = Row(target, precision, "pass", result.top1, result.top5, reference.top1 - result.top1, metrics.top1,
+              metrics.cosine, metrics.min_cosine, _megabytes(path), seconds,
+              list(manifest_extra.get("fidelity", {}).get("float_groups", manifest_extra.get("float_groups", []))))
+    row.notes = check(metrics, thresholds_for(_manifest(path), trained=True), "held-out")
+    if row.drop > MAX_ACCURACY_DROP:
+        row.notes.append(f"top-1 drop {row.drop:.2%} > {MAX_ACCURACY_DROP:.1%}")
+    row.status = "MISS" if row.notes else "pass"
+    return row
+
+
+def _manifest(path: Path):
+    from evim_deploy.runtime import load
+    with load(path) as backend:
+        return backend.manifest
+
+
+def _megabytes(path: Path) -> float:
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def export_and_judge(deploy, folders, reference: EvalResult, target: str, precision: str, workdir: Path,
+                     fidelity: float | None, calib_samples: int = 256, **options) -> Row:
+    """Export one target x precision of the fixture and judge it; failures become rows, not exceptions."""
+    from evim_deploy.calibration import load_calibration
+    from evim_deploy.export import export
+    from evim_deploy.quantize_report import supports_float_groups
+    quantized = precision in ("int8", "w8a8")
+    calibration = load_calibration(folders["calib"], deploy.manifest, calib_samples) if quantized else None
+    if quantized and fidelity is not None and supports_float_groups(target):
+        options["fidelity"] = fidelity
+    path = workdir / f"tiny_{precision}{BACKENDS[target].suffix}"
+    start = time.perf_counter()
+    try:
+        export(deploy, target, path, precision, calibration, force=True, **options)
+        return judge(path, folders, reference, target, precision, time.perf_counter() - start)
+    except BackendUnavailableError as err:
+        return Row(target, precision, "not run", notes=[str(err)])
+    except (EvimError, RuntimeError, ValueError, TypeError) as err:  # a broken exporter is a miss, reported
+        return Row(target, precision, "FAILED", notes=[f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"])
+
+
+def table(rows: list[Row], reference: EvalResult) -> str:
+    lines = [f"fp32 reference (PyTorch): top-1 {reference.top1:.2%}, top-5 {reference.top5:.2%} on "
+             f"{reference.samples} held-out images", "",
+             "| target | precision | top-1 | Δ top-1 (pt) | top-5 | top-1 agreement | cosine (mean / min) | MB "
+             "| float groups | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.top1 is None:
+            lines.append(f"| {r.target} | {r.precision} | | | | | | | | {r.status}: {'; '.join(r.notes)} |")
+            continue
+        verdict = r.status + (f": {'; '.join(r.notes)}" if r.notes else "")
+        lines.append(f"| {r.target} | {r.precision} | {r.top1:.2%} | {0.0 - r.drop * 100:+.2f} | {r.top5:.2%} | "
+                     f"{r.agreement:.2%} | {r.cosine:.5f} / {r.min_cosine:.5f} | {r.megabytes:.2f} | "
+                     f"{', '.join(r.float_groups) or '-'} | {verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument("--precisions", nargs="+", help="only these precisions (default: every one a target has)")
+    parser.add_argument("--fidelity", type=float, default=0.995, help="INT8 mixed-precision target cosine")
+    parser.add_argument("--out", type=Path, default=Path("out/fidelity"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from evim_deploy.model import reparameterize
+    args.out.mkdir(parents=True, exist_ok=True)
+    reference_model, folders, reference = fixture(args.out)
+    deploy = reparameterize(reference_model, reference_model.manifest.input_size)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.out) as tmp:
+        for target in args.targets:
+            spec = BACKENDS[target]
+            missing = spec.missing_modules()
+            for precision in spec.precisions:
+                if args.precisions and precision not in args.precisions:
+                    continue
+                if missing:
+                    rows.append(Row(target, precision, "not run", notes=[f"{missing[0]} not installed "
+                                                                         f"(pip install 'evim-deploy[{spec.extra}]')"]))
+                    continue
+                rows.append(export_and_judge(deploy, folders, reference, target, precision, Path(tmp), args.fidelity))
+                print(f"{target:>7} {precision:<5} {rows[-1].status}", file=sys.stderr, flush=True)
+    text = table(rows, reference)
+    print(text)
+    (args.out / "fidelity.md").write_text(text + "\n")
+    (args.out / "fidelity.json").write_text(json.dumps({"reference": {"top1": reference.top1, "top5": reference.top5},
+                                                        "rows": [asdict(r) for r in rows]}, indent=2))
+    return 1 if any(r.status in ("MISS", "FAILED") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
