@@ -47,7 +47,8 @@ class Row:
     min_cosine: float | None = None
     megabytes: float | None = None
     seconds: float | None = None
-    float_groups: list[str] = field(default_factory=list)
+    float_policy: list[str] = field(default_factory=list)   # the exporter's named float groups
+    float_layers: list[str] = field(default_factory=list)   # layer groups --fidelity kept in float
     notes: list[str] = field(default_factory=list)
 
 
@@ -66,8 +67,8 @@ def judge(path: Path, folders: dict[str, Path], reference: EvalResult, target: s
     metrics = Metrics.compare(reference.logits, result.logits)
     manifest_extra = _manifest(path).extra
     row = Row(target, precision, "pass", result.top1, result.top5, reference.top1 - result.top1, metrics.top1,
-              metrics.cosine, metrics.min_cosine, _megabytes(path), seconds,
-              list(manifest_extra.get("fidelity", {}).get("float_groups", manifest_extra.get("float_groups", []))))
+              metrics.cosine, metrics.min_cosine, _megabytes(path), seconds, list(manifest_extra.get("float_groups", [])),
+              list(manifest_extra.get("fidelity", {}).get("float_layers", [])))
     row.notes = check(metrics, thresholds_for(_manifest(path), trained=True), "held-out")
     if row.drop > MAX_ACCURACY_DROP:
         row.notes.append(f"top-1 drop {row.drop:.2%} > {MAX_ACCURACY_DROP:.1%}")
@@ -91,10 +92,10 @@ def export_and_judge(deploy, folders, reference: EvalResult, target: str, precis
     """Export one target x precision of the fixture and judge it; failures become rows, not exceptions."""
     from evim_deploy.calibration import load_calibration
     from evim_deploy.export import export
-    from evim_deploy.quantize_report import supports_float_groups
+    from evim_deploy.quantize_report import supports_float_layers
     quantized = precision in ("int8", "w8a8")
     calibration = load_calibration(folders["calib"], deploy.manifest, calib_samples) if quantized else None
-    if quantized and fidelity is not None and supports_float_groups(target):
+    if quantized and fidelity is not None and supports_float_layers(target):
         options["fidelity"] = fidelity
     path = workdir / f"tiny_{precision}{BACKENDS[target].suffix}"
     start = time.perf_counter()
@@ -111,7 +112,7 @@ def table(rows: list[Row], reference: EvalResult) -> str:
     lines = [f"fp32 reference (PyTorch): top-1 {reference.top1:.2%}, top-5 {reference.top5:.2%} on "
              f"{reference.samples} held-out images", "",
              "| target | precision | top-1 | Δ top-1 (pt) | top-5 | top-1 agreement | cosine (mean / min) | MB "
-             "| float groups | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| kept float | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.top1 is None:
             lines.append(f"| {r.target} | {r.precision} | | | | | | | | {r.status}: {'; '.join(r.notes)} |")
@@ -119,8 +120,13 @@ def table(rows: list[Row], reference: EvalResult) -> str:
         verdict = r.status + (f": {'; '.join(r.notes)}" if r.notes else "")
         lines.append(f"| {r.target} | {r.precision} | {r.top1:.2%} | {0.0 - r.drop * 100:+.2f} | {r.top5:.2%} | "
                      f"{r.agreement:.2%} | {r.cosine:.5f} / {r.min_cosine:.5f} | {r.megabytes:.2f} | "
-                     f"{', '.join(r.float_groups) or '-'} | {verdict} |")
+                     f"{_float_cell(r)} | {verdict} |")
     return "\n".join(lines)
+
+
+def _float_cell(row: Row) -> str:
+    cell = ", ".join(row.float_policy) or "-"
+    return cell + (f" + layers {', '.join(row.float_layers)}" if row.float_layers else "")
 
 
 def main(argv: list[str] | None = None) -> int:

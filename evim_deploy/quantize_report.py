@@ -2,8 +2,8 @@
 
 A *layer group* is a module of the deploy form: ``stem``, each block's ``dwconv1`` / ``mixer`` /
 ``dwconv2`` / ``fc1`` / ``fc2`` (``stages.<stage>.<block>.<part>``), each ``downsamples.<i>`` and the
-``head``. An INT8 exporter that takes ``float_groups`` keeps those modules in float on top of its own
-default policy; everything measured here goes through that real exporter and the real runtime, so
+``head``. An INT8 exporter that takes ``float_layers`` (layer groups) keeps those modules in float on
+top of its own default policy; everything measured here goes through that real exporter and the real runtime, so
 the figures are those of the file a user would ship.
 
 * :func:`sensitivity`: per group, the logits cosine and top-1 agreement with fp32 when only that group
@@ -61,10 +61,10 @@ def onnx_nodes_in_groups(graph, groups: Iterable[str]) -> list[str]:
     return [node.name for node in graph.graph.node if groups and in_groups(onnx_module_path(node.name), groups)]
 
 
-def supports_float_groups(target: str) -> bool:
-    """Whether ``target``'s exporter honours ``float_groups`` (it must, or the option would be ignored)."""
+def supports_float_layers(target: str) -> bool:
+    """Whether ``target``'s exporter honours ``float_layers`` (it must, or the option would be ignored)."""
     from .backends import get_backend
-    return "float_groups" in inspect.signature(get_backend(target).load_exporter()).parameters
+    return "float_layers" in inspect.signature(get_backend(target).load_exporter()).parameters
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Scorer:
 
     def __init__(self, deploy: torch.nn.Module, target: str, precision: str, calibration: CalibrationSet,
                  images: np.ndarray | None = None, **options: Any) -> None:
-        if not supports_float_groups(target):
+        if not supports_float_layers(target):
             raise UsageError(f"the {target} exporter cannot keep layer groups in float yet",
                              "use --target onnx, or drop --fidelity / quantize-report for this target")
         self.deploy, self.target, self.precision, self.calibration = deploy, target, precision, calibration
@@ -115,7 +115,7 @@ class Scorer:
         from .verify import Metrics
         with tempfile.TemporaryDirectory(prefix="evim-mixed-") as tmp:
             path = Path(tmp) / f"candidate{get_backend(self.target).suffix}"
-            export(self.deploy, self.target, path, self.precision, self.calibration, float_groups=float_groups,
+            export(self.deploy, self.target, path, self.precision, self.calibration, float_layers=float_groups,
                    **self.options)
             with load(path) as backend:
                 metrics = Metrics.compare(self.reference, backend.run_nchw(self.images))
@@ -193,7 +193,7 @@ class FidelityChoice:
 
     def record(self) -> dict[str, Any]:
         """What goes into the manifest's ``extra["fidelity"]``."""
-        return {"target_cosine": self.target_cosine, "float_groups": list(self.float_groups),
+        return {"target_cosine": self.target_cosine, "float_layers": list(self.float_groups),
                 "cosine": round(self.score.cosine, 6), "top1_agreement": round(self.score.top1, 6),
                 "all_int8_cosine": round(self.all_int8.cosine, 6), "candidates_tried": self.candidates_tried}
 
@@ -224,7 +224,7 @@ def choose_float_groups(scorer: Scorer, target_cosine: float) -> FidelityChoice:
 
 def with_fidelity(model: torch.nn.Module, target: str, precision: str, calibration: CalibrationSet | None,
                   target_cosine: float, options: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """For ``export(..., fidelity=...)``: the model (its manifest carrying the choice) and ``float_groups``."""
+    """For ``export(..., fidelity=...)``: the model (its manifest carrying the choice) and ``float_layers``."""
     if precision not in ("int8", "w8a8"):
         raise UsageError(f"--fidelity applies to INT8 files, not {precision}", "add --precision int8 (or w8a8)")
     if calibration is None:
@@ -235,7 +235,7 @@ def with_fidelity(model: torch.nn.Module, target: str, precision: str, calibrati
                   f"(every group int8: {choice.all_int8.cosine:.5f}; {choice.candidates_tried} files tried)")
     view = copy.copy(model)  # shares the weights; only the manifest differs
     view.manifest = model.manifest.replace(extra={**model.manifest.extra, "fidelity": choice.record()})
-    return view, {**options, "float_groups": choice.float_groups}
+    return view, {**options, "float_layers": choice.float_groups}
 
 
 def plot_ranking(report: SensitivityReport, path: str | Path, top: int = 20) -> Path:

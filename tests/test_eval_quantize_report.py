@@ -69,7 +69,7 @@ class ScriptedScorer:
 
 def test_no_float_group_when_all_int8_already_reaches_the_target():
     choice = choose_float_groups(ScriptedScorer({"a": 0.001, "b": 0.001}), 0.995)
-    assert choice.float_groups == () and choice.record()["float_groups"] == []
+    assert choice.float_groups == () and choice.record()["float_layers"] == []
 
 
 def test_greedy_takes_the_most_sensitive_group_first():
