@@ -19,8 +19,11 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "int8": {"cosine": 0.99, "top1": 0.97},
     "w8a8": {"cosine": 0.99, "top1": 0.97},
 }
-# Trained models separate classes, so INT8 must keep the decisions: tighter bounds (see docs).
+# Trained models separate classes, so INT8 must keep the decisions: tighter bounds on real images
+# (evidence in docs/int8.md). Gaussian noise lies outside any calibration range by construction, so for a
+# trained INT8 file the random inputs are measured and reported, not judged.
 TRAINED_INT8 = {"cosine": 0.995, "top1": 0.99}
+QUANTIZED = ("int8", "w8a8")
 
 
 @dataclass
@@ -120,5 +123,6 @@ def verify(backend: Backend, reference: torch.nn.Module, images: str | Path | No
     for name, x in verification_inputs(manifest, images, random_inputs, seed).items():
         metrics = Metrics.compare(reference_logits(reference, x), backend.run_nchw(x))
         report.metrics[name] = metrics
-        report.failures += check(metrics, bounds, name)
+        if not (trained and name == "random" and manifest.precision in QUANTIZED):
+            report.failures += check(metrics, bounds, name)
     return report
