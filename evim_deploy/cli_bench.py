@@ -115,8 +115,22 @@ def _run_adb(args, config) -> int:
 
 
 def _run_cuda(args) -> int:
-    import importlib.util
-    if importlib.util.find_spec("evim_deploy.gpu.bench") is None:
-        raise UsageError("the CUDA benchmark is not part of this build", "see bench/gpu_throughput.py")
+    """GPU throughput of the deploy form (eager, graph, compile, fused kernels) and timm peers if present."""
+    import torch
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda needs a CUDA GPU and a CUDA build of torch", "run it on a GPU machine")
     from .gpu import bench as gpu_bench
-    return gpu_bench.main_from_cli(args)
+    from .model import create_model, reparameterize
+    model = create_model(args.model, args.checkpoint)
+    size = args.resolutions[0] if args.resolutions else model.manifest.input_size[0]
+    batches = tuple(b for b in args.batch if b > 1) or (1024, 256, 64, 1)
+    rows = gpu_bench.run(reparameterize(model, (size, size)), batches=batches,
+                         log=lambda line: console.print(line, style="dim"))
+    for row in rows:
+        rate = f"{row.images_per_s:,.0f} img/s" if row.images_per_s else row.status
+        console.print(f"{row.model:<18} {row.path:<32} {row.precision:<5} batch {row.batch:<5} {rate}")
+    out = args.json or args.workdir / "bench_cuda.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": [r.to_dict() for r in rows]}, indent=2))
+    console.print(f"wrote {out}")
+    return 0
