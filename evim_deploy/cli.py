@@ -250,5 +250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run through the package module so sub-command modules register with it
+    from evim_deploy.cli import main as package_main
+    sys.exit(package_main())
