@@ -1,10 +1,11 @@
 """Deploy form of EfficientViM: inference-only, static shapes, plain ops.
 
 Every module here is built by a reference block's ``reparameterize()``; :func:`reparameterize`
-is the walker that composes them. Layout: the residual stream is NCHW; inside HSM-SSD the
-tokens are token-major ``(B, L, C)`` so each projection is an ``nn.Linear`` and both state
-products are rank-3 ``bmm``s (what Core ML and TFLite convert cleanly). Every reshape uses
-sizes fixed at reparameterization; only the batch stays free (``-1``).
+is the walker that composes them. Layout: convolutions run on NCHW maps; HSM-SSD and both residual
+mixes of a block run on token-major ``(B, L, C)`` tensors, reached with ``permute(0, 2, 3, 1)`` (a
+layout change that ONNX Runtime folds into its blocked-conv reorders and that TFLite converters
+drop), so each projection is an ``nn.Linear`` and both state products are rank-3 ``bmm``s. Every
+reshape uses sizes fixed at reparameterization; only the batch stays free (``-1``).
 """
 from __future__ import annotations
 
@@ -43,19 +44,39 @@ class DeployHSMSSD(nn.Module):
         self.register_buffer("D", D.detach().reshape(1).clone())
         self.register_buffer("out_gate", out_gate.detach().reshape(1, 1, -1).clone())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` ``(B, C, H, W)`` -> gated map ``(B, C, H, W)`` and hidden state ``(B, N, C)``."""
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens`` ``(B, L, C)`` -> gated output ``(B, L, C)`` and hidden state ``(B, N, C)``."""
         (height, width), dim, n = self.hw, self.dim, self.state_dim
-        tokens = self.norm(x.reshape(-1, dim, self.tokens).transpose(1, 2))           # (B, L, C)
-        bcdt = self.bcdt_proj(tokens).transpose(1, 2).reshape(-1, 3 * n, height, width)
-        bcdt = self.bcdt_dw(bcdt).reshape(-1, 3 * n, self.tokens)                    # (B, 3N, L)
-        b, c, dt = bcdt.split(n, dim=1)
-        h = torch.bmm(dt.softmax(-1) * b, tokens)                                     # (B, N, C)
+        channels = self.bcdt_dw.out_channels                                   # 3N, or more if padded
+        tokens = self.norm(tokens)
+        bcdt = self.bcdt_proj(tokens).reshape(-1, height, width, channels).permute(0, 3, 1, 2)
+        bcdt = self.bcdt_dw(bcdt).reshape(-1, channels, self.tokens)           # (B, 3N, L)
+        b, c, dt = bcdt.split([n, n, n, channels - 3 * n] if channels > 3 * n else n, dim=1)[:3]
+        h = torch.bmm(dt.softmax(-1) * b, tokens)                              # (B, N, C)
         h, z = self.hz_proj(h).split(dim, dim=-1)
         h = self.out_proj(h * (F.silu(z) + self.D))
         gated = h * self.out_gate if self.emit_hidden else h
-        y = torch.bmm(gated.transpose(1, 2), c)                                       # (B, C, L)
-        return y.reshape(-1, dim, height, width), h
+        return torch.bmm(c.transpose(1, 2), gated), h                         # (B, L, C)
+
+    @torch.no_grad()
+    def pad_state_channels(self, multiple: int) -> None:
+        """Zero-pad the B/C/dt projection and its depthwise conv to a multiple of ``multiple`` channels.
+
+        Same outputs; ONNX Runtime only runs its blocked (NCHWc) depthwise kernel on multiples of 16.
+        """
+        total = 3 * self.state_dim
+        padded = -(-total // multiple) * multiple
+        if padded == self.bcdt_dw.out_channels:
+            return
+        proj, dw = self.bcdt_proj, self.bcdt_dw
+        self.bcdt_proj = nn.Linear(proj.in_features, padded, bias=proj.bias is not None)
+        self.bcdt_dw = nn.Conv2d(padded, padded, dw.kernel_size, padding=dw.padding, groups=padded)
+        for new, old in ((self.bcdt_proj, proj), (self.bcdt_dw, dw)):
+            new.weight.zero_()
+            new.weight[:total] = old.weight
+            if new.bias is not None:
+                new.bias.zero_()
+                new.bias[:total] = old.bias if old.bias is not None else 0
 
 
 class DeployBlock(nn.Module):
@@ -65,13 +86,16 @@ class DeployBlock(nn.Module):
                  fc1: nn.Module, fc2: nn.Conv2d, ffn_keep: torch.Tensor) -> None:
         super().__init__()
         self.dwconv1, self.mixer, self.dwconv2, self.fc1, self.fc2 = dwconv1, mixer, dwconv2, fc1, fc2
-        self.register_buffer("mixer_keep", _channel_buffer(mixer_keep))
+        self.register_buffer("mixer_keep", mixer_keep.detach().reshape(1, 1, -1).clone())  # token-major
         self.register_buffer("ffn_keep", _channel_buffer(ffn_keep))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.dwconv1(x)
-        y, h = self.mixer(x)
-        x = self.dwconv2(x * self.mixer_keep + y)
+        height, width = self.mixer.hw
+        tokens = x.permute(0, 2, 3, 1).reshape(-1, self.mixer.tokens, self.mixer.dim)
+        y, h = self.mixer(tokens)
+        tokens = tokens * self.mixer_keep + y
+        x = self.dwconv2(tokens.reshape(-1, height, width, self.mixer.dim).permute(0, 3, 1, 2))
         return x * self.ffn_keep + self.fc2(self.fc1(x)), h
 
 
@@ -113,7 +137,7 @@ class DeployEfficientViM(nn.Module):
                 x, h = block(x)
             hidden.append(h)
             x = downsample(x)
-        final = x.reshape(-1, self.final_dim, self.final_hw[0] * self.final_hw[1]).transpose(1, 2)
+        final = x.permute(0, 2, 3, 1).reshape(-1, self.final_hw[0] * self.final_hw[1], self.final_dim)
         return self.head([*hidden, final])
 
 

@@ -1,6 +1,8 @@
 """ONNX Runtime backend."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import UsageError
@@ -12,14 +14,22 @@ ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 
 
 def session_options(threads: int | None, profile: bool = False):
+    """ORT CPU settings for batch-1 latency: every graph optimization (incl. the NCHWc blocked-conv
+    layout), ``threads`` intra-op threads that spin between the many small kernels, no inter-op pool."""
+    import tempfile
+
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    options.enable_profiling = profile
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="evim-ort-profile-")) / "ort")
     return options
 
 
@@ -63,8 +73,23 @@ class OnnxBackend(Backend):
         return self.session.run(None, {self.input_name: native})[0]
 
     def end_profiling(self) -> str:
-        """Stop ORT's profiler; return the JSON trace path."""
+        """Stop ORT's profiler (``profile=True``); return the path of its JSON trace (in a temp folder)."""
+        if not self.profile:
+            raise UsageError("this session was opened without profiling", "load it with profile=True")
         return self.session.end_profiling()
 
     def close(self) -> None:
         self.session = None
+
+
+def profile_by_op(trace_path: str | Path, runs: int = 1) -> list[tuple[str, float, int]]:
+    """An ORT profiler trace summed per op type: ``(op, ms per run, kernels per run)``, slowest first."""
+    import json
+    totals: dict[str, list[float]] = {}
+    for event in json.loads(Path(trace_path).read_text()):
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            entry = totals.setdefault(event["args"]["op_name"], [0.0, 0])
+            entry[0] += event["dur"] / 1e3
+            entry[1] += 1
+    rows = [(op, ms / runs, round(count / runs)) for op, (ms, count) in totals.items()]
+    return sorted(rows, key=lambda row: -row[1])

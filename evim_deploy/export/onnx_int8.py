@@ -1,0 +1,167 @@
+"""INT8 for ONNX Runtime: ``quant_pre_process``, calibration on the user's images, static QDQ quantization.
+
+Weights are int8 (per output channel unless ``per_channel=False``), activations uint8 (asymmetric):
+u8 x s8 is what the VNNI ``vpdpbusd`` kernels of ONNX Runtime's CPU provider multiply.
+
+Which nodes stay float is a speed *and* accuracy decision, measured with ORT's profiler (see
+``docs/onnx.md``). The weight-heavy convolutions (stem, FFN, downsamples) and the head run in int8;
+these stay float by default (:data:`DEFAULT_FLOAT_GROUPS`):
+
+* ``stem_input``: the first convolution sees 3 channels; its int8 kernel is 3x slower than the fp32
+  one, and quantizing the raw image costs accuracy;
+* ``token_mixer``: HSM-SSD works on tiny tensors (N x C states, N <= 64), so int8 saves nothing and its
+  Q/DQ pairs and transposes cost more than they save; ORT also pins a quantized softmax to [0, 1] in
+  1/255 steps, which wipes out a softmax over 196 tokens;
+* ``mixer_residual``: the mix of the mixer output into the residual stream, in float with the mixer;
+* ``block_depthwise``: ORT's int8 depthwise kernel is slower than its fp32 blocked one on 14x14 maps,
+  and each depthwise output is one more requantization.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+
+from ..calibration import CalibrationSet
+from ..errors import UsageError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+# Node groups that can be kept in float: regular expressions on the exported node names.
+FLOAT_GROUPS: dict[str, str] = {
+    "stem_input": r"^/stem/stem\.0/",
+    "token_mixer": r"/mixer/",
+    "mixer_residual": r"^/stages\.\d+\.\d+/(Mul|Add)$",
+    "block_depthwise": r"^/stages\.\d+\.\d+/dwconv[12]/",
+    "downsample": r"^/downsamples\.",
+    "head": r"^/head/",
+}
+DEFAULT_FLOAT_GROUPS = ("stem_input", "token_mixer", "mixer_residual", "block_depthwise")
+
+
+def calibration_reader(calibration: CalibrationSet, input_name: str):
+    """ORT's one-method protocol (``get_next``) over a :class:`CalibrationSet`, one image per call."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches: Iterator[np.ndarray] = calibration.batches(1)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    return Reader()
+
+
+def _safe_histogram_collector(**kwargs):
+    """ORT's histogram collector with |x| histograms anchored at 0.
+
+    ORT bins ``|x|`` over ``[min|x|, max|x|]``; a tensor whose magnitudes sit in a narrow band far from
+    zero then asks for bins narrower than float32 can tell apart, and numpy 2 refuses
+    ("Too many bins for data range"). Binning over ``[0, max|x|]`` gives bins of ``max|x| / num_bins``,
+    always representable, and the percentile of ``|x|`` is the same.
+    """
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class SafeHistogramCollector(HistogramCollector):
+        def collect_absolute_value(self, name_to_arr):
+            for tensor, arrays in name_to_arr.items():
+                arrays = arrays if isinstance(arrays, list) else [arrays]
+                data = np.concatenate([np.asarray(a, np.float32).ravel() for a in arrays])
+                data = data[np.isfinite(data)]
+                low, high = (data.min(), data.max()) if data.size else (np.float32(0), np.float32(0))
+                data = np.abs(data)
+                peak = data.max() if data.size else np.float32(0)
+                if tensor in self.histogram_dict:
+                    hist, edges, old_low, old_high = self.histogram_dict[tensor]
+                    low, high = min(low, old_low), max(high, old_high)
+                    if peak > edges[-1]:  # extend with bins of the same width
+                        width = edges[1] - edges[0]
+                        extra = np.arange(1, int(np.ceil((peak - edges[-1]) / width)) + 1, dtype=np.float32)
+                        edges = np.concatenate([edges, edges[-1] + width * extra])
+                else:
+                    hist, edges = None, np.linspace(0, peak if peak > 0 else 1, self.num_bins + 1, dtype=np.float32)
+                counts = np.histogram(data, bins=edges)[0]
+                if hist is not None:
+                    counts[:len(hist)] += hist
+                self.histogram_dict[tensor] = (counts, edges, np.float32(low), np.float32(high))
+
+    return SafeHistogramCollector(**kwargs)
+
+
+def calibrate(model_path: Path, calibration: CalibrationSet, method: str, workdir: Path):
+    """Activation ranges (ORT ``TensorsData``) of every float tensor, by ``method``."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"unknown calibration method {method!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
+    ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[method]
+    # ORT's entropy default (128 bins for 128 quantized bins) leaves no threshold to search: it equals minmax.
+    options = {"num_bins": 256, "num_quantized_bins": 128} if method == "entropy" else {}
+    calibrator = create_calibrator(model_path, None, augmented_model_path=str(workdir / "augmented.onnx"),
+                                   calibrate_method=ort_method, extra_options=options)
+    if method == "percentile":
+        calibrator.collector = _safe_histogram_collector(
+            method="percentile", symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
+            num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
+            scenario=calibrator.scenario)
+    input_name = calibrator.infer_session.get_inputs()[0].name
+    calibrator.collect_data(calibration_reader(calibration, input_name))
+    return calibrator.compute_data()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ORT's quantizer prints progress to stdout and logs per-tensor warnings; keep stdout for data."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def float_nodes(model: onnx.ModelProto, groups: Iterable[str] = DEFAULT_FLOAT_GROUPS) -> list[str]:
+    """Names of the nodes of ``model`` that the named ``groups`` keep in float."""
+    patterns = []
+    for group in groups:
+        if group not in FLOAT_GROUPS:
+            raise UsageError(f"unknown node group {group!r}", f"choose from {', '.join(FLOAT_GROUPS)}")
+        patterns.append(re.compile(FLOAT_GROUPS[group]))
+    return [node.name for node in model.graph.node if any(p.search(node.name) for p in patterns)]
+
+
+def quantize(graph: onnx.ModelProto, calibration: CalibrationSet, method: str = "minmax", per_channel: bool = True,
+             keep_float: Iterable[str] = DEFAULT_FLOAT_GROUPS, nodes_to_exclude: Iterable[str] = ()) -> onnx.ModelProto:
+    """Static QDQ INT8 of a float ONNX graph, calibrated on ``calibration``.
+
+    ``keep_float`` names node groups (:data:`FLOAT_GROUPS`) left in float; ``nodes_to_exclude`` adds
+    individual node names.
+    """
+    from onnxruntime.quantization import QDQQuantizer, QuantType
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    if len(calibration) == 0:
+        raise UsageError("the calibration set is empty", "pass --calib DIR with at least one image")
+    with tempfile.TemporaryDirectory(prefix="evim-int8-") as tmp, _quiet():
+        workdir = Path(tmp)
+        onnx.save(graph, workdir / "float.onnx")
+        quant_pre_process(str(workdir / "float.onnx"), str(workdir / "pre.onnx"), skip_symbolic_shape=True)
+        ranges = calibrate(workdir / "pre.onnx", calibration, method, workdir)
+        model = onnx.load(str(workdir / "pre.onnx"))
+        exclude = sorted(set(float_nodes(model, keep_float)) | set(nodes_to_exclude))
+        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # quantize_static's default
+        quantizer = QDQQuantizer(model, per_channel, False, QuantType.QInt8, QuantType.QUInt8, ranges, None, exclude,
+                                 op_types, {"ActivationSymmetric": False, "WeightSymmetric": True})
+        quantizer.quantize_model()
+        quantizer.model.topological_sort()
+    return quantizer.model.model
