@@ -6,6 +6,10 @@ Each cell exports ``tiny`` (trained on digits) to INT8 with the exporter's defau
 ``--fidelity`` search, calibrated on the first N images of a seeded shuffle of the fixture's
 calibration folder (training split), then runs the 360 held-out images: top-1, its drop from fp32,
 top-1 agreement and logits cosine with the fp32 reference. Writes ``study.md`` and ``study.json``.
+
+A second table feeds deliberately wrong calibrations (all-zero tensors, constant black / white /
+mid-gray pictures, uniform noise) through the ``make fidelity`` flow (``--fidelity``) next to the real
+one, and says whether ``verify``'s bounds for trained INT8 catch them.
 """
 from __future__ import annotations
 
@@ -17,15 +21,42 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fidelity import export_and_judge, fixture  # noqa: E402
+from bench.fidelity import METRIC_COLUMNS, export_and_judge, fixture, metric_cells, verdict  # noqa: E402
+from evim_deploy.calibration import CalibrationSet, load_calibration, synthetic_calibration  # noqa: E402
+from evim_deploy.preprocess import normalize  # noqa: E402
 
 METHODS = ("minmax", "entropy", "percentile")
 SAMPLES = (32, 128, 512)
 GRANULARITY = {"per-channel": True, "per-tensor": False}
+FIDELITY = 0.997  # what make fidelity asks for
+
+
+def calibrations(manifest, folder: Path, count: int = 64) -> dict[str, CalibrationSet]:
+    """The real calibration and deliberately wrong ones, ``count`` images each."""
+    def constant(level: int) -> np.ndarray:
+        return normalize(np.full((count, *manifest.input_size, 3), level, np.uint8), manifest)
+    return {"real (training images)": load_calibration(folder, manifest, count),
+            "all-zero tensors": CalibrationSet(np.zeros((count, 3, *manifest.input_size), np.float32), "zeros"),
+            "black pictures": CalibrationSet(constant(0), "black"),
+            "white pictures": CalibrationSet(constant(255), "white"),
+            "mid-gray pictures": CalibrationSet(constant(128), "gray"),
+            "uniform noise pictures": synthetic_calibration(manifest, count)}
+
+
+def broken_calibration_table(deploy, folders, reference, target: str, workdir: Path) -> list[str]:
+    lines = ["", f"Deliberately wrong calibrations, {target} int8 with --fidelity {FIDELITY} (scored on the "
+             "calibration images themselves), judged on held-out digits:", "",
+             f"| calibration | layers kept float | {METRIC_COLUMNS} | verify |", "|---|---|---|---|---|---|---|"]
+    for name, calibration in calibrations(deploy.manifest, folders["calib"]).items():
+        row = export_and_judge(deploy, folders, reference, target, "int8", workdir, FIDELITY, calibration=calibration)
+        lines.append(f"| {name} | {', '.join(row.float_layers) or '-'} | {metric_cells(row)} | {verdict(row)} |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,21 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     cells = []
     lines = [f"fixture fp32 reference: top-1 {reference.top1:.2%} on {reference.samples} held-out images; "
              f"target {args.target} int8", "",
-             "| method | samples | weights | top-1 | Δ top-1 (pt) | top-1 agreement | cosine (mean / min) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| method | samples | weights | {METRIC_COLUMNS} | verdict |", "|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         for method, samples, (granularity, per_channel) in itertools.product(args.methods, args.samples,
                                                                              GRANULARITY.items()):
             row = export_and_judge(deploy, folders, reference, args.target, "int8", Path(tmp), None, samples,
                                    calib_method=method, per_channel=per_channel)
             cells.append({"method": method, "samples": samples, "weights": granularity, **asdict(row)})
-            if row.top1 is None:
-                line = f"| {method} | {samples} | {granularity} | | | | | {row.status}: {'; '.join(row.notes)} |"
-            else:
-                line = (f"| {method} | {samples} | {granularity} | {row.top1:.2%} | {0.0 - row.drop * 100:+.2f} | "
-                        f"{row.agreement:.2%} | {row.cosine:.5f} / {row.min_cosine:.5f} | {row.status} |")
-            lines.append(line)
-            print(line, flush=True)
+            lines.append(f"| {method} | {samples} | {granularity} | {metric_cells(row)} | {verdict(row)} |")
+            print(lines[-1], flush=True)
+        lines += broken_calibration_table(deploy, folders, reference, args.target, Path(tmp))
     (args.out / "study.md").write_text("\n".join(lines) + "\n")
     (args.out / "study.json").write_text(json.dumps({"reference_top1": reference.top1, "cells": cells}, indent=2))
     print("\n".join(lines[:2]))

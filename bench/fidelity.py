@@ -67,8 +67,8 @@ def judge(path: Path, folders: dict[str, Path], reference: EvalResult, target: s
     metrics = Metrics.compare(reference.logits, result.logits)
     manifest_extra = _manifest(path).extra
     row = Row(target, precision, "pass", result.top1, result.top5, reference.top1 - result.top1, metrics.top1,
-              metrics.cosine, metrics.min_cosine, _megabytes(path), seconds, list(manifest_extra.get("float_groups", [])),
-              list(manifest_extra.get("fidelity", {}).get("float_layers", [])))
+              metrics.cosine, metrics.min_cosine, _megabytes(path), seconds,
+              list(manifest_extra.get("float_groups", [])), list(manifest_extra.get("float_layers", [])))
     row.notes = check(metrics, thresholds_for(_manifest(path), trained=True), "held-out")
     if row.drop > MAX_ACCURACY_DROP:
         row.notes.append(f"top-1 drop {row.drop:.2%} > {MAX_ACCURACY_DROP:.1%}")
@@ -88,13 +88,18 @@ def _megabytes(path: Path) -> float:
 
 
 def export_and_judge(deploy, folders, reference: EvalResult, target: str, precision: str, workdir: Path,
-                     fidelity: float | None, calib_samples: int = 256, **options) -> Row:
-    """Export one target x precision of the fixture and judge it; failures become rows, not exceptions."""
+                     fidelity: float | None, calib_samples: int = 256, calibration=None, **options) -> Row:
+    """Export one target x precision of the fixture and judge it; failures become rows, not exceptions.
+
+    INT8 calibrates on ``calib_samples`` images of the fixture's calibration folder unless ``calibration``
+    (a ``CalibrationSet``) is given.
+    """
     from evim_deploy.calibration import load_calibration
     from evim_deploy.export import export
     from evim_deploy.quantize_report import supports_float_layers
     quantized = precision in ("int8", "w8a8")
-    calibration = load_calibration(folders["calib"], deploy.manifest, calib_samples) if quantized else None
+    if quantized and calibration is None:
+        calibration = load_calibration(folders["calib"], deploy.manifest, calib_samples)
     if quantized and fidelity is not None and supports_float_layers(target):
         options["fidelity"] = fidelity
     path = workdir / f"tiny_{precision}{BACKENDS[target].suffix}"
@@ -108,19 +113,29 @@ def export_and_judge(deploy, folders, reference: EvalResult, target: str, precis
         return Row(target, precision, "FAILED", notes=[f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"])
 
 
+METRIC_COLUMNS = "top-1 | Δ top-1 (pt) | top-1 agreement | cosine (mean / min)"
+
+
+def metric_cells(row: Row) -> str:
+    """The four accuracy/fidelity cells of a judged row (blank for a row that did not run)."""
+    if row.top1 is None:
+        return " | | | "
+    return (f"{row.top1:.2%} | {0.0 - row.drop * 100:+.2f} | {row.agreement:.2%} | "
+            f"{row.cosine:.5f} / {row.min_cosine:.5f}")
+
+
+def verdict(row: Row) -> str:
+    return row.status + (f": {'; '.join(row.notes)}" if row.notes else "")
+
+
 def table(rows: list[Row], reference: EvalResult) -> str:
     lines = [f"fp32 reference (PyTorch): top-1 {reference.top1:.2%}, top-5 {reference.top5:.2%} on "
              f"{reference.samples} held-out images", "",
-             "| target | precision | top-1 | Δ top-1 (pt) | top-5 | top-1 agreement | cosine (mean / min) | MB "
-             "| kept float | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| target | precision | {METRIC_COLUMNS} | top-5 | MB | kept float | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r.top1 is None:
-            lines.append(f"| {r.target} | {r.precision} | | | | | | | | {r.status}: {'; '.join(r.notes)} |")
-            continue
-        verdict = r.status + (f": {'; '.join(r.notes)}" if r.notes else "")
-        lines.append(f"| {r.target} | {r.precision} | {r.top1:.2%} | {0.0 - r.drop * 100:+.2f} | {r.top5:.2%} | "
-                     f"{r.agreement:.2%} | {r.cosine:.5f} / {r.min_cosine:.5f} | {r.megabytes:.2f} | "
-                     f"{_float_cell(r)} | {verdict} |")
+        extra = f"{r.top5:.2%} | {r.megabytes:.2f} | {_float_cell(r)}" if r.top1 is not None else " | | "
+        lines.append(f"| {r.target} | {r.precision} | {metric_cells(r)} | {extra} | {verdict(r)} |")
     return "\n".join(lines)
 
 

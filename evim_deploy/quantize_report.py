@@ -144,6 +144,7 @@ class SensitivityReport:
     precision: str
     samples: int
     all_int8: Score
+    all_float: Score  # every layer group float: what the exporter quantizes outside them (the "alone" floor)
     groups: list[GroupSensitivity] = field(default_factory=list)
 
     def ranked(self) -> list[GroupSensitivity]:
@@ -151,14 +152,16 @@ class SensitivityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "precision": self.precision, "samples": self.samples,
-                "all_int8": asdict(self.all_int8),
+                "all_int8": asdict(self.all_int8), "all_float": asdict(self.all_float),
                 "ranking": [{"group": g.group, "alone": asdict(g.alone) if g.alone else None,
                              "keep": asdict(g.keep) if g.keep else None} for g in self.ranked()]}
 
     def table(self) -> str:
-        head = f"{'rank':>4}  {'layer group':<22} {'cos alone':>10} {'top1 alone':>10} {'cos keep':>10} {'top1 keep':>10}"
+        columns = "".join(f"{c:>11}" for c in ("cos alone", "top1 alone", "cos keep", "top1 keep"))
+        head = f"{'rank':>4}  {'layer group':<22}{columns}"
         lines = [head, f"{'':>4}  {'(every group int8)':<22} {'':>10} {'':>10} "
-                       f"{self.all_int8.cosine:>10.5f} {self.all_int8.top1:>10.2%}"]
+                       f"{self.all_int8.cosine:>10.5f} {self.all_int8.top1:>10.2%}",
+                 f"{'':>4}  {'(every group float)':<22} {self.all_float.cosine:>10.5f} {self.all_float.top1:>10.2%}"]
         for rank, g in enumerate(self.ranked(), 1):
             cells = [f"{s.cosine:>10.5f} {s.top1:>10.2%}" if s else f"{'-':>10} {'-':>10}" for s in (g.alone, g.keep)]
             lines.append(f"{rank:>4}  {g.group:<22} {cells[0]} {cells[1]}")
@@ -170,7 +173,7 @@ def sensitivity(scorer: Scorer, modes: Sequence[str] = MODES) -> SensitivityRepo
     unknown = set(modes) - set(MODES)
     if unknown:
         raise UsageError(f"unknown sensitivity mode {sorted(unknown)[0]!r}", f"choose from {', '.join(MODES)}")
-    report = SensitivityReport(scorer.target, scorer.precision, len(scorer.images), scorer(()))
+    report = SensitivityReport(scorer.target, scorer.precision, len(scorer.images), scorer(()), scorer(scorer.groups))
     for group in track(scorer.groups, "layer groups", total=len(scorer.groups)):
         row = GroupSensitivity(group)
         if "alone" in modes:
@@ -247,7 +250,8 @@ def plot_ranking(report: SensitivityReport, path: str | Path, top: int = 20) -> 
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.5))
     y = np.arange(len(rows))
     if any(r.alone for r in rows):
-        ax.barh(y + 0.2, [1 - r.alone.cosine if r.alone else 0 for r in rows], 0.4, label="1 - cos, only this group int8")
+        ax.barh(y + 0.2, [1 - r.alone.cosine if r.alone else 0 for r in rows], 0.4,
+                label="1 - cos, only this group int8")
     if any(r.keep for r in rows):
         gain = [r.keep.cosine - report.all_int8.cosine if r.keep else 0 for r in rows]
         ax.barh(y - 0.2, gain, 0.4, label="cos gained by keeping it float")

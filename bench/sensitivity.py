@@ -1,0 +1,75 @@
+"""Per-layer-group INT8 sensitivity of the trained fixture and of M1 with random weights.
+
+    .venv/bin/python bench/sensitivity.py [--models fixture m1] [--target onnx] [--samples 64]
+
+* ``fixture``: ``tiny`` trained on digits (``tests/fixtures``), calibrated on its calibration folder
+  (training images); the same ranking as ``evim-deploy quantize-report --model tiny --checkpoint
+  tests/fixtures/tiny_digits.pth --calib DIR``.
+* ``m1``: M1 at 224x224 with random weights and randomized BatchNorm statistics, gates, ``A``, ``D``
+  (``evim_deploy.model.randomize``, as the tests use), calibrated on the photos bundled with
+  scikit-image (real images, offline).
+
+Every score is a real exported file run in its runtime: per group, the logits cosine and top-1
+agreement with fp32 when only that group is INT8 (``alone``) and when all but it are (``keep``).
+Writes ``<model>.json``, ``<model>.png`` and ``<model>.txt`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evim_deploy.calibration import load_calibration  # noqa: E402
+from evim_deploy.model import create_model, reparameterize  # noqa: E402
+from evim_deploy.model.randomize import randomize_  # noqa: E402
+from evim_deploy.quantize_report import Scorer, plot_ranking, sensitivity, write_json  # noqa: E402
+from tests.fixtures.train_fixture import CHECKPOINT, LABELS_FILE, write_image_folders  # noqa: E402
+
+
+def scikit_image_photos() -> Path:
+    import skimage
+    return Path(skimage.__file__).parent / "data"
+
+
+def subject(name: str, out: Path):
+    """(deploy model, calibration folder) for ``fixture`` or ``m1``."""
+    if name == "fixture":
+        model = create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
+        return reparameterize(model, (64, 64)), write_image_folders(out / "digits")["calib"]
+    model = randomize_(create_model(name), seed=0)
+    return reparameterize(model, model.manifest.input_size), scikit_image_photos()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["fixture", "m1"], choices=["fixture", "m1"])
+    parser.add_argument("--target", default="onnx")
+    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--samples", type=int, default=64, help="calibration (and scoring) images")
+    parser.add_argument("--modes", nargs="+", default=["alone", "keep"])
+    parser.add_argument("--out", type=Path, default=Path("out/sensitivity"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.models:
+        start = time.perf_counter()
+        deploy, calib_dir = subject(name, args.out)
+        calibration = load_calibration(calib_dir, deploy.manifest, args.samples)
+        report = sensitivity(Scorer(deploy, args.target, args.precision, calibration), args.modes)
+        text = (f"{name}: {args.target} {args.precision}, {len(calibration)} calibration images from {calib_dir}, "
+                f"{time.perf_counter() - start:.0f} s\n{report.table()}")
+        print(text, flush=True)
+        (args.out / f"{name}.txt").write_text(text + "\n")
+        write_json(report, args.out / f"{name}.json")
+        plot_ranking(report, args.out / f"{name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
