@@ -1,10 +1,10 @@
 """Per-layer-group INT8 sensitivity, and the fewest float groups that reach a fidelity target.
 
-A *layer group* is a module of the deploy form: ``stem``, each block's ``dwconv1`` / ``mixer`` /
-``dwconv2`` / ``fc1`` / ``fc2`` (``stages.<stage>.<block>.<part>``), each ``downsamples.<i>`` and the
-``head``. An INT8 exporter that takes ``float_layers`` (layer groups) keeps those modules in float on
-top of its own default policy; everything measured here goes through that real exporter and the real runtime, so
-the figures are those of the file a user would ship.
+A *layer group* is a module of the deploy form: ``stem``; per block ``stages.<stage>.<block>.<part>``
+with part ``dwconv1``, ``mixer``, ``dwconv2``, ``fc1``, ``fc2`` or ``residual`` (the block's own
+residual mixes); each ``downsamples.<i>``; the ``head``. An INT8 exporter that takes ``float_layers``
+keeps those groups in float on top of its own default policy. Every figure here comes from the real
+exporter and the real runtime: they are the figures of the file a user would ship.
 
 * :func:`sensitivity`: per group, the logits cosine and top-1 agreement with fp32 when only that group
   is quantized (``alone``) and when every group but it is quantized (``keep``: the recovery from
@@ -29,7 +29,8 @@ from .calibration import CalibrationSet
 from .console import console, track
 from .errors import UsageError
 
-BLOCK_PARTS = ("dwconv1", "mixer", "dwconv2", "fc1", "fc2")
+RESIDUAL = "residual"  # a block's own ops (its residual mixes), outside its sub-modules
+BLOCK_PARTS = ("dwconv1", "mixer", "dwconv2", "fc1", "fc2", RESIDUAL)
 MODES = ("alone", "keep")
 
 
@@ -44,7 +45,14 @@ def layer_groups(deploy: torch.nn.Module) -> list[str]:
 
 
 def in_groups(module_path: str, groups: Iterable[str]) -> bool:
-    return any(module_path == g or module_path.startswith(g + ".") for g in groups)
+    """Whether a module path lies in one of ``groups`` (``stages.0.1.residual``: the block's own ops only)."""
+    for group in groups:
+        block, _, part = group.rpartition(".")
+        if part == RESIDUAL and module_path == block:
+            return True
+        if module_path == group or module_path.startswith(group + "."):
+            return True
+    return False
 
 
 def onnx_module_path(node_name: str) -> str:

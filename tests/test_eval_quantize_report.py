@@ -12,10 +12,10 @@ from evim_deploy.quantize_report import (FidelityChoice, Score, choose_float_gro
 def test_layer_groups_cover_every_block_part_in_order():
     groups = layer_groups(deploy_model("tiny", (64, 64)))
     assert groups[0] == "stem" and groups[-1] == "head"
-    assert groups[1:6] == [f"stages.0.0.{p}" for p in ("dwconv1", "mixer", "dwconv2", "fc1", "fc2")]
+    assert groups[1:7] == [f"stages.0.0.{p}" for p in ("dwconv1", "mixer", "dwconv2", "fc1", "fc2", "residual")]
     assert "downsamples.0" in groups and "downsamples.1" in groups and "downsamples.2" not in groups
-    assert len(groups) == 1 + 3 * 5 + 2 + 1
-    assert len(layer_groups(deploy_model("m1"))) == 1 + 6 * 5 + 2 + 1
+    assert len(groups) == 1 + 3 * 6 + 2 + 1
+    assert len(layer_groups(deploy_model("m1"))) == 1 + 6 * 6 + 2 + 1
 
 
 @pytest.mark.parametrize("node, path", [
@@ -34,17 +34,21 @@ def test_group_membership_is_by_whole_path_components():
     assert in_groups("stages.1.0.mixer.norm", ["stages.1.0.mixer"])
     assert not in_groups("stages.1.10.mixer", ["stages.1.1"])
     assert not in_groups("stages.1.0", ["stages.1.0.mixer"])  # the block's residual ops are not the mixer's
+    assert in_groups("stages.1.0", ["stages.1.0.residual"])
+    assert not in_groups("stages.1.0.mixer", ["stages.1.0.residual"])
 
 
 def test_every_onnx_node_of_a_group_is_found():
-    from evim_deploy.export.onnx import simplify, trace_to_onnx
-    graph = simplify(trace_to_onnx(deploy_model("tiny", (64, 64))))
+    from evim_deploy.export.onnx import ort_layout, simplify, trace_to_onnx
+    graph = simplify(trace_to_onnx(ort_layout(deploy_model("tiny", (64, 64)))))
     mixer = onnx_nodes_in_groups(graph, ["stages.0.0.mixer"])
     assert mixer and all(name.startswith("/stages.0.0/mixer/") for name in mixer)
     assert {n.op_type for n in graph.graph.node if n.name in mixer} >= {"Softmax", "MatMul", "LayerNormalization"}
     covered = set(onnx_nodes_in_groups(graph, layer_groups(deploy_model("tiny", (64, 64)))))
     uncovered = {n.op_type for n in graph.graph.node if n.name not in covered}
-    assert uncovered <= {"Add", "Mul", "Reshape", "Transpose"}, uncovered  # block residuals and layout only
+    assert uncovered <= {"Reshape", "Transpose"}, uncovered  # only the final layout change is in no group
+    residual = {n.op_type for n in graph.graph.node if n.name in onnx_nodes_in_groups(graph, ["stages.0.0.residual"])}
+    assert {"Add", "Mul"} <= residual
     assert onnx_nodes_in_groups(graph, []) == []
 
 
