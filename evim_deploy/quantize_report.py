@@ -201,22 +201,29 @@ class FidelityChoice:
     score: Score
     all_int8: Score
     candidates_tried: int
+    ranked_by: str
 
     def record(self) -> dict[str, Any]:
         """What goes into the manifest's ``extra["fidelity"]``."""
         return {"target_cosine": self.target_cosine, "float_layers": list(self.float_groups),
                 "cosine": round(self.score.cosine, 6), "top1_agreement": round(self.score.top1, 6),
-                "all_int8_cosine": round(self.all_int8.cosine, 6), "candidates_tried": self.candidates_tried}
+                "all_int8_cosine": round(self.all_int8.cosine, 6), "candidates_tried": self.candidates_tried,
+                "ranked_by": self.ranked_by}
 
 
-def choose_float_groups(scorer: Scorer, target_cosine: float) -> FidelityChoice:
-    """Fewest float groups (greedy by recovery, then pruned) whose file reaches ``target_cosine``."""
+def choose_float_groups(scorer: Scorer, target_cosine: float, ranker: Scorer | None = None) -> FidelityChoice:
+    """Fewest float groups (greedy by recovery, then pruned) whose file reaches ``target_cosine``.
+
+    Groups are tried in order of the cosine each recovers alone, measured by ``ranker`` (default: the
+    target itself; a fast ONNX stand-in for slow targets). Every decision is scored on the target.
+    """
     if not 0 < target_cosine <= 1:
         raise UsageError(f"--fidelity {target_cosine} is not a cosine in (0, 1]", "pass e.g. --fidelity 0.995")
+    ranker = ranker or scorer
     base = scorer(())
     chosen: list[str] = []
     if base.cosine < target_cosine:
-        recovery = {g: scorer([g]).cosine for g in track(scorer.groups, "fidelity: groups", total=len(scorer.groups))}
+        recovery = {g: ranker([g]).cosine for g in track(scorer.groups, "fidelity: groups", total=len(scorer.groups))}
         for group in sorted(scorer.groups, key=lambda g: -recovery[g]):
             chosen.append(group)
             if scorer(chosen).cosine >= target_cosine:
@@ -230,7 +237,7 @@ def choose_float_groups(scorer: Scorer, target_cosine: float) -> FidelityChoice:
             if scorer(trial).cosine >= target_cosine:
                 chosen = trial
     final = scorer(chosen)
-    return FidelityChoice(target_cosine, final.float_groups, final, base, scorer.evaluations)
+    return FidelityChoice(target_cosine, final.float_groups, final, base, scorer.evaluations, ranker.target)
 
 
 def with_fidelity(model: torch.nn.Module, target: str, precision: str, calibration: CalibrationSet | None,
@@ -240,10 +247,14 @@ def with_fidelity(model: torch.nn.Module, target: str, precision: str, calibrati
         raise UsageError(f"--fidelity applies to INT8 files, not {precision}", "add --precision int8 (or w8a8)")
     if calibration is None:
         raise UsageError("--fidelity needs calibration images", "pass --calib DIR")
-    choice = choose_float_groups(Scorer(model, target, precision, calibration, **options), target_cosine)
+    # Ranking needs one file per group: for targets slower to export than ONNX, ONNX ranks and the target decides.
+    ranker = None if target == "onnx" else Scorer(model, "onnx", "int8", calibration,
+                                                  per_channel=options.get("per_channel", True))
+    choice = choose_float_groups(Scorer(model, target, precision, calibration, **options), target_cosine, ranker)
     console.print(f"fidelity {target_cosine}: float groups {', '.join(choice.float_groups) or '(none)'}; cosine "
                   f"{choice.score.cosine:.5f} on {len(calibration)} calibration images "
-                  f"(every group int8: {choice.all_int8.cosine:.5f}; {choice.candidates_tried} files tried)")
+                  f"(every group int8: {choice.all_int8.cosine:.5f}; {choice.candidates_tried} {target} files tried, "
+                  f"groups ranked by {choice.ranked_by})")
     view = copy.copy(model)  # shares the weights; only the manifest differs
     view.manifest = model.manifest.replace(extra={**model.manifest.extra, "fidelity": choice.record()})
     return view, {**options, "float_layers": choice.float_groups}

@@ -90,6 +90,15 @@ def test_groups_made_unnecessary_by_later_ones_are_pruned():
     assert choice.float_groups == ("b", "c") and choice.score.cosine == 0.996
 
 
+def test_a_stand_in_ranker_only_orders_the_tries_the_target_decides():
+    scorer = ScriptedScorer({"a": 0.001, "b": 0.006})
+    ranker = ScriptedScorer({"a": 0.01, "b": 0.0})  # a misleading stand-in: it blames "a"
+    ranker.target = "stand-in"
+    choice = choose_float_groups(scorer, 0.995, ranker)
+    assert choice.float_groups == ("b",) and choice.ranked_by == "stand-in"  # pruning dropped the wrong guess
+    assert choice.score.cosine == pytest.approx(0.999)
+
+
 def test_an_unreachable_target_is_an_error_with_a_fix():
     table = {frozenset("ab"): 0.99}
     with pytest.raises(UsageError, match="even with every layer group in float") as err:
