@@ -178,8 +178,11 @@ def test_per_tensor_has_one_scale_per_weight_and_per_channel_is_closer(trained, 
 def test_default_policy_quantizes_the_convolutions_and_keeps_the_mixer_float(m1_files):
     int8 = set(_int8_weight_scales(m1_files["int8"]))
     assert any("/fc1/" in n for n in int8) and any("/fc2/" in n for n in int8) and "/head/fc/Gemm" in int8
-    assert any(n.startswith("/stem/stem.1/") for n in int8) and any(n.startswith("/downsamples.") for n in int8)
-    assert not any("/mixer/" in n or "/dwconv" in n or n.startswith("/stem/stem.0/") for n in int8), sorted(int8)
+    assert any(n.startswith("/stem/stem.1/") for n in int8)
+    assert "/downsamples.0/downsamples.0.1/downsamples.0.1.0/Conv" in int8 and "/downsamples.1/downsamples.1.4/Conv" in int8
+    depthwise = ("/dwconv", "/downsamples.0/downsamples.0.0/", "/downsamples.0/downsamples.0.2/", "/downsamples.1/downsamples.1.5/")
+    assert not any("/mixer/" in n or n.startswith("/stem/stem.0/") or any(d in n for d in depthwise) for n in int8), \
+        sorted(int8)
     graph = onnx.load(str(m1_files["int8"])).graph
     producers = {out: n.op_type for n in graph.node for out in n.output}
     softmax_inputs = [producers.get(n.input[0]) for n in graph.node if n.op_type == "Softmax"]

@@ -13,8 +13,9 @@ these stay float by default (:data:`DEFAULT_FLOAT_GROUPS`):
   Q/DQ pairs and transposes cost more than they save; ORT also pins a quantized softmax to [0, 1] in
   1/255 steps, which wipes out a softmax over 196 tokens;
 * ``mixer_residual``: the mix of the mixer output into the residual stream, in float with the mixer;
-* ``block_depthwise``: ORT's int8 depthwise kernel is slower than its fp32 blocked one on 14x14 maps,
-  and each depthwise output is one more requantization.
+* ``depthwise``: every depthwise conv (blocks and downsamples). Most carry a folded residual (identity
+  in the centre tap), so per-channel int8 leaves the small taps a few levels; and ORT's int8
+  depthwise kernel is slower than its fp32 blocked one on 14x14 maps and runs on one thread.
 """
 from __future__ import annotations
 
@@ -39,11 +40,11 @@ FLOAT_GROUPS: dict[str, str] = {
     "stem_input": r"^/stem/stem\.0/",
     "token_mixer": r"/mixer/",
     "mixer_residual": r"^/stages\.\d+\.\d+/(Mul|Add)$",
-    "block_depthwise": r"^/stages\.\d+\.\d+/dwconv[12]/",
+    "depthwise": r"^/stages\.\d+\.\d+/dwconv[12]/|^/downsamples\.\d+/downsamples\.\d+\.[025]/",
     "downsample": r"^/downsamples\.",
     "head": r"^/head/",
 }
-DEFAULT_FLOAT_GROUPS = ("stem_input", "token_mixer", "mixer_residual", "block_depthwise")
+DEFAULT_FLOAT_GROUPS = ("stem_input", "token_mixer", "mixer_residual", "depthwise")
 
 
 def calibration_reader(calibration: CalibrationSet, input_name: str):
