@@ -15,7 +15,7 @@ these stay float by default (:data:`DEFAULT_FLOAT_GROUPS`):
 * ``mixer_residual``: the mix of the mixer output into the residual stream, in float with the mixer;
 * ``depthwise``: every depthwise conv (blocks and downsamples). Most carry a folded residual (identity
   in the centre tap), so per-channel int8 leaves the small taps a few levels; and ORT's int8
-  depthwise kernel is slower than its fp32 blocked one on 14x14 maps and runs on one thread.
+  depthwise kernel is slower than its fp32 blocked one on these small maps.
 """
 from __future__ import annotations
 
