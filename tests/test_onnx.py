@@ -305,3 +305,12 @@ def test_output_interrupted_mid_write_leaves_no_partial_onnx(tmp_path, capsys, m
     code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64", "--output", out)
     assert code == (130 if interrupt is KeyboardInterrupt else 3), err
     assert list(tmp_path.iterdir()) == []  # neither m.onnx nor the staging folder
+
+
+def test_cli_int8_to_an_unwritable_path(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    code, err, _ = _int8_export(capsys, tmp_path, "--calib-synthetic", "--calib-samples", "2",
+                                "--output", blocker / "sub" / "q.onnx")
+    assert code == 2 and "cannot write" in err and "writable --output" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [blocker]
