@@ -66,7 +66,10 @@ BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in [
                 "evim_deploy.runtime.tflite:TFLiteBackend", "tflite", ("ai_edge_litert", "litert_torch"),
                 ("fp32", "fp16", "int8"), "fp32", "TFLite flatbuffer for the LiteRT interpreter on Android", (
                     ("--layout", {"choices": ["nhwc", "nchw"], "default": "nhwc", "help": "input layout (tflite)"}),
-                    ("--int8-io", {"action": "store_true", "help": "int8 input and output tensors (tflite int8)"}))),
+                    ("--int8-io", {"action": "store_true", "help": "int8 input and output tensors (tflite int8)"}),
+                    ("--float-groups", {"dest": "keep_float", "nargs": "*", "metavar": "GROUP",
+                                        "help": "tflite int8: module groups kept in float (default: the exporter's "
+                                                "policy, docs/tflite.md); the flag alone gives full integer"}))),
     BackendSpec("torch", ".pt2", "evim_deploy.export.torch_export:export_torch",
                 "evim_deploy.runtime.torch_backend:TorchBackend", None, ("torch",), ("fp32",), "fp32",
                 "torch.export archive of the deploy form, run in eager PyTorch (reference runtime)"),

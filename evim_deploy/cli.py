@@ -171,6 +171,23 @@ def _configure_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trained", action="store_true", help="apply the tighter INT8 bounds for trained weights")
     p.add_argument("--json", type=Path, help="write the report as JSON")
     p.add_argument("--threads", type=int)
+    add_kernel_args(p)
+
+
+def add_kernel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference-kernels", action="store_true",
+                   help="tflite: TFLite's reference kernels instead of XNNPACK (slow; a numerics check)")
+
+
+def runtime_options(args: argparse.Namespace) -> dict:
+    """``load()`` options from the runtime arguments of verify and predict."""
+    options = {"threads": args.threads}
+    if args.reference_kernels:
+        from .backends import backend_for_path
+        if backend_for_path(args.file).name != "tflite":
+            raise UsageError("--reference-kernels applies to .tflite files", "drop it for this file")
+        options["reference_kernels"] = True
+    return options
 
 
 @command("verify", "compare an exported file with the PyTorch reference (exit 0 pass, 1 fail, 2 bad input)",
@@ -178,11 +195,11 @@ def _configure_verify(p: argparse.ArgumentParser) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from .model import model_from_manifest
     from .runtime import load
-    with load(args.file, threads=args.threads) as backend:
+    with load(args.file, **runtime_options(args)) as backend:
         manifest = backend.manifest
     reference = model_from_manifest(manifest, args.checkpoint)
     return report_verify(args.file, reference, args.images, args.trained or args.checkpoint is not None,
-                         args.json, threads=args.threads)
+                         args.json, **runtime_options(args))
 
 
 # -------------------------------------------------------------------------------------------- predict
@@ -191,13 +208,14 @@ def _configure_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--threads", type=int)
+    add_kernel_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 @command("predict", "top-k labels with probabilities for images", _configure_predict)
 def run_predict(args: argparse.Namespace) -> int:
     from .runtime import load, top_k
-    with load(args.file, threads=args.threads) as backend:
+    with load(args.file, **runtime_options(args)) as backend:
         logits = backend.predict([str(p) for p in args.images])
         results = top_k(logits, backend.manifest.labels, args.top)
     if args.json:

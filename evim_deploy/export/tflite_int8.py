@@ -1,0 +1,172 @@
+"""Full-integer INT8 for LiteRT through litert-torch's PT2E path: static ranges calibrated on the
+user's images, per-channel int8 weights, int8 activations.
+
+litert-torch's ``PT2EQuantizer`` annotates convolutions, linears, add, mul, cat and pooling. Four
+additions make EfficientViM's HSM-SSD integer as well:
+
+* **token softmax**: ``torch.export`` writes ``aten.softmax.int``, which the stock fixed-qparams
+  annotator (``aten._softmax``) does not match. Its int8 output must have scale 1/256 and zero point
+  -128, or the TFLite kernel refuses the file at load time (``SOFTMAX ... output->params.scale not
+  near 1.f / 256``). It gets the quantizer's fixed qparams, and its consumers read that same spec,
+  so no requantize follows it.
+* **state products** (``bmm``): int8 inputs and output (the converter emits int8 FULLY_CONNECTED).
+* **SiLU** is rewritten as ``x * sigmoid(x)``: the converter keeps ``aten.silu`` in float even between
+  Q/DQ pairs, while LOGISTIC (fixed qparams) and MUL have int8 kernels.
+* **views**: a reshape, transpose or split between two quantized ops must keep one scale (TFLite's
+  same-scale constraint), so an input reached through views shares its producer's observer.
+
+LayerNorm stays float: the converter lowers it to MEAN / SQUARED_DIFFERENCE / RSQRT / SUB / MUL / ADD
+in float between a DEQUANTIZE and a QUANTIZE. ``keep_float`` keeps named module groups in float too.
+"""
+from __future__ import annotations
+
+import operator
+import re
+from typing import Iterable
+
+import torch
+from torch.fx import GraphModule, Node
+
+from ..calibration import CalibrationSet
+from ..console import track
+from ..errors import UsageError
+from ..quantize_report import in_groups
+
+aten = torch.ops.aten
+
+# Module groups that ``keep_float`` can name: regular expressions on the module path of each node.
+FLOAT_GROUPS: dict[str, str] = {
+    "stem_input": r"(^|\.)stem\.0\.",                 # the first convolution, on the 3-channel image
+    "token_mixer": r"\.mixer(\.(?!bcdt_proj)|$)",     # HSM-SSD after its input projection
+    "head": r"(^|\.)head(\.|$)",                      # pooled-feature norms, concat and classifier
+    "depthwise": r"\.dwconv\d(\.|$)",                 # each block's two 3x3 depthwise convolutions
+    "channel_scales": "",                             # x * per-channel constant (the folded residual gates)
+}
+# Kept float unless the caller says otherwise (measured trade-off in docs/tflite.md).
+DEFAULT_FLOAT_GROUPS = ("stem_input", "depthwise", "token_mixer", "head", "channel_scales")
+CALIBRATION_OBSERVERS = {"minmax": "MinMaxObserver", "histogram": "HistogramObserver"}
+
+_FIXED_QPARAMS = {aten.softmax.int, aten._softmax.default, aten.sigmoid.default}
+_EXTRA_OPS = {aten.softmax.int: 1, aten._softmax.default: 1, aten.sigmoid.default: 1, aten.bmm.default: 2,
+              aten.mul.Tensor: 2}  # op -> number of activation inputs
+_VIEWS = {aten.reshape.default, aten.view.default, aten.transpose.int, aten.permute.default, aten.split.Tensor,
+          aten.split_with_sizes.default, operator.getitem, aten.squeeze.dim, aten.unsqueeze.default,
+          aten.flatten.using_ints, aten.slice.Tensor, aten.contiguous.default}
+
+
+def _annotation(node: Node):
+    found = node.meta.get("quantization_annotation")
+    return found if found is not None and found._annotated else None
+
+
+def _module_path(node: Node) -> str:
+    """The deploy-form module a node comes from (``stages.0.1.mixer.norm``), without the layout wrapper."""
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0].removeprefix("wrapped.") if stack else ""
+
+
+def _observed_source(node: Node) -> Node | None:
+    """The quantized node whose values ``node`` carries unchanged through views, if any."""
+    while node.op == "call_function" and node.target in _VIEWS and _annotation(node) is None:
+        node = node.args[0]
+    found = _annotation(node)
+    return node if found is not None and found.output_qspec is not None else None
+
+
+def _is_channel_scale(node: Node) -> bool:
+    return node.target == aten.mul.Tensor and any(isinstance(a, Node) and a.op == "get_attr" for a in node.args)
+
+
+def decompose_silu(graph: GraphModule) -> GraphModule:
+    """Rewrite every ``silu(x)`` as ``x * sigmoid(x)`` (same values; int8 kernels exist for both)."""
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target == aten.silu.default:
+            with graph.graph.inserting_before(node):
+                gate = graph.graph.call_function(aten.sigmoid.default, (node.args[0],))
+                product = graph.graph.call_function(aten.mul.Tensor, (node.args[0], gate))
+            gate.meta, product.meta = dict(node.meta), dict(node.meta)
+            node.replace_all_uses_with(product)
+            graph.graph.erase_node(node)
+    graph.graph.lint()
+    graph.recompile()
+    return graph
+
+
+def make_quantizer(keep_float: Iterable[str] = (), float_layers: Iterable[str] = (), per_channel: bool = True,
+                   observer: str = "histogram"):
+    """litert-torch's PT2E quantizer, extended to the whole EfficientViM graph (see the module docstring).
+
+    ``keep_float`` names :data:`FLOAT_GROUPS`; ``float_layers`` names deploy-form modules
+    (``stages.0.1.mixer``, ``head``: the layer groups of :mod:`evim_deploy.quantize_report`).
+    """
+    import dataclasses
+
+    from litert_torch.quantize import pt2e_quantizer as pt2e
+    from litert_torch.quantize import pt2e_quantizer_utils as utils
+    from torchao.quantization.pt2e import observer as observers
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    unknown = sorted(set(keep_float) - set(FLOAT_GROUPS))
+    if unknown:
+        raise UsageError(f"unknown float group(s) {', '.join(unknown)}", f"choose from {', '.join(FLOAT_GROUPS)}")
+    if observer not in CALIBRATION_OBSERVERS:
+        raise UsageError(f"unknown calibration observer {observer!r}", f"choose {' or '.join(CALIBRATION_OBSERVERS)}")
+    float_patterns = [re.compile(FLOAT_GROUPS[group]) for group in keep_float if FLOAT_GROUPS[group]]
+    float_scales = "channel_scales" in keep_float
+    float_layers = tuple(float_layers)
+
+    class EfficientViMQuantizer(pt2e.PT2EQuantizer):
+        def quantizable(self, node: Node) -> bool:
+            if float_scales and _is_channel_scale(node):
+                return False
+            path = _module_path(node)
+            return not (in_groups(path, float_layers) or any(p.search(path) for p in float_patterns))
+
+        def annotate(self, model: GraphModule) -> GraphModule:
+            config = self.global_config
+            self._annotate_all_static_patterns(model, config, self.quantizable)
+            activation, fixed = utils.get_input_act_qspec(config), utils.get_fixed_qparams_qspec(config)
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target not in _EXTRA_OPS or not self.quantizable(node):
+                    continue
+                if _annotation(node) is not None and node.target not in _FIXED_QPARAMS:
+                    continue
+                inputs = [a for a in node.args[:_EXTRA_OPS[node.target]] if isinstance(a, Node)]
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={a: activation for a in inputs},
+                    output_qspec=fixed if node.target in _FIXED_QPARAMS else activation, _annotated=True)
+            utils.propagate_annotation(model)
+            for node in model.graph.nodes:
+                annotation = _annotation(node)
+                for arg, spec in list(annotation.input_qspec_map.items()) if annotation else ():
+                    if isinstance(spec, SharedQuantizationSpec) or arg.op != "call_function":
+                        continue
+                    if arg.target in _FIXED_QPARAMS and _annotation(arg) is not None:
+                        annotation.input_qspec_map[arg] = _annotation(arg).output_qspec
+                    elif arg.target in _VIEWS and (source := _observed_source(arg)) is not None:
+                        annotation.input_qspec_map[arg] = SharedQuantizationSpec(source)
+            return model
+
+    config = pt2e.get_symmetric_quantization_config(is_per_channel=per_channel)
+    activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=getattr(
+        observers, CALIBRATION_OBSERVERS[observer]).with_args(eps=2 ** -12))
+    config = dataclasses.replace(config, input_activation=activation, output_activation=activation)
+    return EfficientViMQuantizer().set_global(config)
+
+
+def quantize(module: torch.nn.Module, sample: torch.Tensor, calibration: CalibrationSet, layout: str = "nchw",
+             keep_float: Iterable[str] = (), float_layers: Iterable[str] = (), per_channel: bool = True,
+             observer: str = "histogram"):
+    """Export, annotate, calibrate and convert ``module``; return the Q/DQ graph and litert's QuantConfig."""
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    if len(calibration) == 0:
+        raise UsageError("the calibration set is empty", "pass --calib DIR with at least one image")
+    quantizer = make_quantizer(keep_float, float_layers, per_channel, observer)
+    prepared = prepare_pt2e(decompose_silu(torch.export.export(module, (sample,)).module()), quantizer)
+    with torch.no_grad():
+        for batch in track(calibration.batches(1), "calibrating", total=len(calibration)):
+            prepared(torch.from_numpy(batch.transpose(0, 2, 3, 1) if layout == "nhwc" else batch).contiguous())
+    converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+    return converted, QuantConfig(pt2e_quantizer=quantizer)
