@@ -41,7 +41,7 @@ def build_model(args: argparse.Namespace):
     model = create_model(args.model, args.checkpoint, args.num_classes, seed=args.seed,
                          labels=getattr(args, "labels", None))
     if args.checkpoint is None:
-        console.print(f"[yellow]no --checkpoint: random weights (seed {args.seed}); predictions are meaningless[/]")
+        console.print(f"no --checkpoint: random weights (seed {args.seed}); predictions are meaningless", style="yellow")
     size = getattr(args, "resolution", None) or get_variant(args.model).input_size
     return model, parse_resolution(size)
 
