@@ -82,5 +82,9 @@ def run_demo(args: argparse.Namespace) -> int:
     report.write_json(args.output / "bench.json", rows, machine_info(), {"files": files, "threads": 2})
     console.print(f"bundle: {bundle.path}/ (README.md, manifest.json, labels.txt); benchmark plot: {plot}; "
                   f"JSON: {args.output / 'bench.json'}")
-    return 0 if bundle.passed else 1
+    failed = [f.file for f in bundle.files if f.status != "PASS"]
+    if failed:  # the demo's job is to show the whole pipeline; its verdicts are the table above
+        console.print(f"{len(failed)} file(s) did not pass verify on these random weights: {', '.join(failed)} "
+                      "(`export --target all` exits 1 for this)", style="bold red")
+    return 0 if all(f.error is None for f in bundle.files) else 1
 
