@@ -186,6 +186,8 @@ def test_int8_io_needs_int8_precision_and_quantized_ends(trained, digits, tmp_pa
     calibration = load_calibration(digits["calib"], trained[1].manifest, samples=4)
     with pytest.raises(UsageError, match="--int8-io needs .*head"):
         export(trained[1], "tflite", tmp_path / "b.tflite", "int8", calibration, int8_io=True, keep_float=["head"])
+    with pytest.raises(UsageError, match="unknown float group.*choose from stem_input"):
+        export(trained[1], "tflite", tmp_path / "c.tflite", "int8", calibration, keep_float=["mixer"])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -231,6 +233,16 @@ def test_cli_export_verify_predict_nchw_with_reference_kernels(tmp_path, capsys)
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photo)
     code, text, _ = run_cli(capsys, "predict", out, photo, "--top", "3", "--reference-kernels", "--json")
     assert code == 0 and len(json.loads(text)[str(photo)]) == 3
+
+
+def test_float_groups_flag_alone_means_full_integer():
+    from evim_deploy.cli import build_parser, target_options
+    base = ["export", "--target", "tflite", "--precision", "int8"]
+    assert target_options(build_parser().parse_args(base), "tflite")["keep_float"] is None  # the default policy
+    args = build_parser().parse_args([*base, "--float-groups", "--int8-io"])
+    assert target_options(args, "tflite") == {"layout": "nhwc", "int8_io": True, "keep_float": []}
+    args = build_parser().parse_args([*base, "--float-groups", "head", "token_mixer"])
+    assert target_options(args, "tflite")["keep_float"] == ["head", "token_mixer"]
 
 
 def test_reference_kernels_flag_is_refused_for_other_files(tmp_path, capsys):
