@@ -5,7 +5,8 @@
 Each cell exports ``tiny`` (trained on digits) to INT8 with the exporter's default float policy and no
 ``--fidelity`` search, calibrated on the first N images of a seeded shuffle of the fixture's
 calibration folder (training split), then runs the 360 held-out images: top-1, its drop from fp32,
-top-1 agreement and logits cosine with the fp32 reference. Writes ``study.md`` and ``study.json``.
+top-1 agreement and logits cosine with the fp32 reference. Writes ``study.md`` and ``study.json``
+(``--all-int8``: the same with the exporter's float policy off, ``study_all_int8.*``).
 
 A second table feeds deliberately wrong calibrations (all-zero tensors, constant black / white /
 mid-gray pictures, uniform noise) through the ``make fidelity`` flow (``--fidelity``) next to the real
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", nargs="+", type=int, default=list(SAMPLES))
     parser.add_argument("--out", type=Path, default=Path("out/calibration_study"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--all-int8", action="store_true",
+                        help="turn the exporter's float policy off (keep_float=()): every op INT8")
     args = parser.parse_args(argv)
+    policy = {"keep_float": ()} if args.all_int8 else {}
     torch.set_num_threads(args.threads)
     from evim_deploy.model import reparameterize
     args.out.mkdir(parents=True, exist_ok=True)
@@ -74,19 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     deploy = reparameterize(reference_model, reference_model.manifest.input_size)
     cells = []
     lines = [f"fixture fp32 reference: top-1 {reference.top1:.2%} on {reference.samples} held-out images; "
-             f"target {args.target} int8", "",
+             f"target {args.target} int8, {'every op INT8' if args.all_int8 else 'default float policy'}", "",
              f"| method | samples | weights | {METRIC_COLUMNS} | verdict |", "|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         for method, samples, (granularity, per_channel) in itertools.product(args.methods, args.samples,
                                                                              GRANULARITY.items()):
             row = export_and_judge(deploy, folders, reference, args.target, "int8", Path(tmp), None, samples,
-                                   calib_method=method, per_channel=per_channel)
+                                   calib_method=method, per_channel=per_channel, **policy)
             cells.append({"method": method, "samples": samples, "weights": granularity, **asdict(row)})
             lines.append(f"| {method} | {samples} | {granularity} | {metric_cells(row)} | {verdict(row)} |")
             print(lines[-1], flush=True)
-        lines += broken_calibration_table(deploy, folders, reference, args.target, Path(tmp))
-    (args.out / "study.md").write_text("\n".join(lines) + "\n")
-    (args.out / "study.json").write_text(json.dumps({"reference_top1": reference.top1, "cells": cells}, indent=2))
+        if not args.all_int8:
+            lines += broken_calibration_table(deploy, folders, reference, args.target, Path(tmp))
+    name = "study_all_int8" if args.all_int8 else "study"
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps({"reference_top1": reference.top1, "cells": cells}, indent=2))
     print("\n".join(lines[:2]))
     return 0
 

@@ -248,7 +248,8 @@ def with_fidelity(model: torch.nn.Module, target: str, precision: str, calibrati
     if calibration is None:
         raise UsageError("--fidelity needs calibration images", "pass --calib DIR")
     # Ranking needs one file per group: for targets slower to export than ONNX, ONNX ranks and the target decides.
-    ranker = None if target == "onnx" else Scorer(model, "onnx", "int8", calibration,
+    # The stand-in quantizes every op (no float policy of its own), so each group's own sensitivity shows.
+    ranker = None if target == "onnx" else Scorer(model, "onnx", "int8", calibration, keep_float=(),
                                                   per_channel=options.get("per_channel", True))
     choice = choose_float_groups(Scorer(model, target, precision, calibration, **options), target_cosine, ranker)
     console.print(f"fidelity {target_cosine}: float groups {', '.join(choice.float_groups) or '(none)'}; cosine "

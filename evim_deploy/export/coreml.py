@@ -107,7 +107,7 @@ def float_modules(model: nn.Module) -> list[str]:
 
 def quantize_w8a8(model: nn.Module, calibration: CalibrationSet, input_scale: np.ndarray | None,
                   float_layers: tuple[str, ...] = (),
-                  batch_size: int = 8) -> nn.Module:
+                  batch_size: int = 16) -> nn.Module:
     """INT8 weights (per-channel) and INT8 activations (per-tensor), calibrated on ``calibration``.
 
     ``coremltools.optimize.torch``'s ``LinearQuantizer`` inserts fake-quantize nodes into the deploy form
@@ -146,17 +146,28 @@ def quantize_w8a8(model: nn.Module, calibration: CalibrationSet, input_scale: np
     with quiet():
         quantizer = LinearQuantizer(copy.deepcopy(model), config)
         prepared = quantizer.prepare(example_inputs=(torch.zeros(1, 3, *size),))
-        for name, module in prepared.named_modules():
-            observer = getattr(module, "activation_post_process", None)
-            if isinstance(module, FakeQuantize) and not name.endswith("weight_fake_quant") \
-                    and type(observer) is MinMaxObserver:  # fixed-range ones (sigmoid) stay
-                module.activation_post_process = HistogramObserver(
-                    dtype=observer.dtype, qscheme=observer.qscheme, quant_min=observer.quant_min,
-                    quant_max=observer.quant_max)
+        activations = [m for name, m in prepared.named_modules()
+                       if isinstance(m, FakeQuantize) and not name.endswith("weight_fake_quant")
+                       and type(m.activation_post_process) is MinMaxObserver]  # fixed-range ones (sigmoid) stay
+        hooks = []
+        for fq in activations:  # observe the float activations; no per-batch range search, no fake quant yet
+            observer = fq.activation_post_process
+            fq.activation_post_process = HistogramObserver(dtype=observer.dtype, qscheme=observer.qscheme,
+                                                           quant_min=observer.quant_min, quant_max=observer.quant_max)
+            fq.disable_observer()
+            fq.disable_fake_quant()
+            hooks.append(fq.register_forward_pre_hook(lambda m, args: m.activation_post_process(args[0].detach())))
         with torch.no_grad():
             for batch in calibration.batches(batch_size):
                 x = batch if input_scale is None else batch * input_scale
                 prepared(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        for hook in hooks:
+            hook.remove()
+        for fq in activations:
+            scale, zero_point = fq.activation_post_process.calculate_qparams()
+            fq.scale.resize_(scale.shape).copy_(scale)
+            fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
+            fq.enable_fake_quant()
         prepared.apply(disable_observer)
         return quantizer.finalize(prepared).eval()
 
