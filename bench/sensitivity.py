@@ -11,7 +11,8 @@
 
 Every score is a real exported file run in its runtime: per group, the logits cosine and top-1
 agreement with fp32 when only that group is INT8 (``alone``) and when all but it are (``keep``).
-Writes ``<model>.json``, ``<model>.png`` and ``<model>.txt`` under ``--out``.
+Writes ``<model>.json``, ``<model>.png`` and ``<model>.txt`` under ``--out`` (``<model>_all_int8.*`` with
+``--all-int8``: the exporter's own float policy off, so every group shows its own damage).
 """
 from __future__ import annotations
 
@@ -54,20 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["alone", "keep"])
     parser.add_argument("--out", type=Path, default=Path("out/sensitivity"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--all-int8", action="store_true", help="exporter float policy off (keep_float=()): "
+                        "every group's own sensitivity, not only what the default export still quantizes")
     args = parser.parse_args(argv)
+    policy = {"keep_float": ()} if args.all_int8 else {}
+    suffix = "_all_int8" if args.all_int8 else ""
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.models:
         start = time.perf_counter()
         deploy, calib_dir = subject(name, args.out)
         calibration = load_calibration(calib_dir, deploy.manifest, args.samples)
-        report = sensitivity(Scorer(deploy, args.target, args.precision, calibration), args.modes)
-        text = (f"{name}: {args.target} {args.precision}, {len(calibration)} calibration images from {calib_dir}, "
-                f"{time.perf_counter() - start:.0f} s\n{report.table()}")
+        report = sensitivity(Scorer(deploy, args.target, args.precision, calibration, **policy), args.modes)
+        text = (f"{name}: {args.target} {args.precision} ({'every op INT8' if args.all_int8 else 'default policy'}), "
+                f"{len(calibration)} calibration images from {calib_dir}, {time.perf_counter() - start:.0f} s\n"
+                f"{report.table()}")
         print(text, flush=True)
-        (args.out / f"{name}.txt").write_text(text + "\n")
-        write_json(report, args.out / f"{name}.json")
-        plot_ranking(report, args.out / f"{name}.png")
+        (args.out / f"{name}{suffix}.txt").write_text(text + "\n")
+        write_json(report, args.out / f"{name}{suffix}.json")
+        plot_ranking(report, args.out / f"{name}{suffix}.png")
     return 0
 
 
