@@ -68,7 +68,8 @@ def judge(path: Path, folders: dict[str, Path], reference: EvalResult, target: s
     manifest_extra = _manifest(path).extra
     row = Row(target, precision, "pass", result.top1, result.top5, reference.top1 - result.top1, metrics.top1,
               metrics.cosine, metrics.min_cosine, _megabytes(path), seconds,
-              list(manifest_extra.get("float_groups", [])), list(manifest_extra.get("float_layers", [])))
+              list(manifest_extra.get("float_groups", manifest_extra.get("float_modules", []))),  # Core ML: modules
+              list(manifest_extra.get("float_layers", [])))
     row.notes = check(metrics, thresholds_for(_manifest(path), trained=True), "held-out")
     if row.drop > MAX_ACCURACY_DROP:
         row.notes.append(f"top-1 drop {row.drop:.2%} > {MAX_ACCURACY_DROP:.1%}")
