@@ -103,6 +103,18 @@ def test_nhwc_input_is_the_nchw_input_transposed(m1_files):
             backend.predict(x)
 
 
+def test_concurrent_predicts_are_serialized_and_exact(m1_files):
+    """The interpreter is not thread-safe: the backend serializes calls, so threads get exact results."""
+    from concurrent.futures import ThreadPoolExecutor
+    inputs = np.random.default_rng(5).standard_normal((4, 1, *SIZE, 3)).astype(np.float32)
+    with load(m1_files["fp32"], threads=1) as backend:
+        assert backend.thread_safe is False
+        expected = [backend.predict(x) for x in inputs]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert all(pool.map(lambda i: all(np.array_equal(backend.predict(inputs[i]), expected[i])
+                                              for _ in range(10)), range(4)))
+
+
 def test_fp16_stores_half_weights_and_meets_the_cosine_bound(m1_files):
     with load(m1_files["fp16"]) as backend:
         assert backend.input_dtype == np.float32
@@ -124,6 +136,7 @@ def test_int8_random_weights_meets_the_cosine_bound(m1_files):
     assert all("top-1" in failure for failure in report.failures), report.failures
     assert extra["float_groups"] == list(DEFAULT_FLOAT_GROUPS) and extra["int8_io"] is False
     assert extra["io_quantization"] == {"input": None, "output": None} and "8 images" in extra["calibration"]
+    assert (extra["calib_method"], extra["calib_observer"], extra["per_channel"]) == ("minmax", "MinMaxObserver", True)
 
 
 def test_default_policy_runs_the_convolutions_and_projections_in_int8(m1_files):
@@ -176,6 +189,11 @@ def test_int8_io_records_scales_and_the_runtime_applies_them(tiny_int8, trained,
         x = np.full((1, 3, 64, 64), 0.5, np.float32)
         expected = np.round(0.5 / io["input"]["scale"]) + io["input"]["zero_point"]
         assert (backend.from_nchw(x) == expected).all()
+        nodes = backend.io()  # what the mobile bundle's Kotlin snippet is generated from
+        assert nodes["inputs"][0]["dtype"] == "int8" and nodes["inputs"][0]["shape"] == [1, 64, 64, 3]
+        assert nodes["inputs"][0]["quantization"] == {"scale": pytest.approx(io["input"]["scale"]),
+                                                      "zero_point": io["input"]["zero_point"]}
+        assert nodes["outputs"][0]["dtype"] == "int8" and nodes["outputs"][0]["shape"] == [1, 10]
         report = verify(backend, trained[0], digits["heldout"], trained=True)
     assert report.passed, report.summary()
 
@@ -186,6 +204,8 @@ def test_int8_io_needs_int8_precision_and_quantized_ends(trained, digits, tmp_pa
     calibration = load_calibration(digits["calib"], trained[1].manifest, samples=4)
     with pytest.raises(UsageError, match="--int8-io needs .*head"):
         export(trained[1], "tflite", tmp_path / "b.tflite", "int8", calibration, int8_io=True, keep_float=["head"])
+    with pytest.raises(UsageError, match="unknown calibration method 'kl'"):
+        export(trained[1], "tflite", tmp_path / "d.tflite", "int8", calibration, calib_method="kl")
     with pytest.raises(UsageError, match="unknown float group.*choose from stem_input"):
         export(trained[1], "tflite", tmp_path / "c.tflite", "int8", calibration, keep_float=["mixer"])
     assert list(tmp_path.iterdir()) == []
@@ -222,7 +242,7 @@ def test_cli_export_verify_predict_nchw_with_reference_kernels(tmp_path, capsys)
     out = tmp_path / "t.tflite"
     code, _, err = run_cli(capsys, "export", "--target", "tflite", "--model", "tiny", "--checkpoint", CHECKPOINT,
                            "--layout", "nchw", "--output", out)
-    assert code == 0 and out.exists() and "PASS" in err, err
+    assert code == 0 and out.exists() and "PASS" in err and "input [1, 3, 64, 64] float32 NCHW" in err, err
     with load(out) as backend:
         assert backend.input_shape == (1, 3, 64, 64) and backend.manifest.layout == "nchw"
     code, _, err = run_cli(capsys, "verify", out, "--checkpoint", CHECKPOINT, "--reference-kernels",

@@ -4,9 +4,10 @@
   cancels the transposes it can).
 * ``fp16``: float16 weights (litert-torch's fp16 recipe through ai-edge-quantizer); the interpreter
   dequantizes them once at load and computes in float32.
-* ``int8``: full integer through litert-torch's PT2E path (see :mod:`.tflite_int8`). litert's
-  static conversion gives int8 input and output tensors; unless ``int8_io`` is set, a QUANTIZE and
-  a DEQUANTIZE are put back at the boundaries so apps feed and read float32 as in every other file.
+* ``int8``: litert-torch's PT2E path, int8 weights and activations with a float policy, full integer
+  on request (see :mod:`.tflite_int8`). litert's static conversion gives int8 input and output
+  tensors; unless ``int8_io`` is set, a QUANTIZE and a DEQUANTIZE are put back at the boundaries so
+  apps feed and read float32 as in every other file.
 
 ``layout="nhwc"`` (default) takes ``[1, H, W, 3]``, as Android camera pipelines deliver; the deploy
 model is wrapped with litert-torch's ``to_channel_last_io`` and the converter folds the permute into
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ..calibration import CalibrationSet
+from ..console import console
 from ..errors import UsageError
 from ..runtime.tflite import MANIFEST_NAME, graph_summary
 from . import artifact_manifest
@@ -67,7 +69,7 @@ def sample_input(model: torch.nn.Module, layout: str) -> torch.Tensor:
 
 def convert(model: torch.nn.Module, precision: str = "fp32", calibration: CalibrationSet | None = None,
             layout: str = "nhwc", keep_float: Iterable[str] = (), float_layers: Iterable[str] = (),
-            per_channel: bool = True, observer: str = "histogram") -> bytes:
+            per_channel: bool = True, calib_method: str = "minmax") -> bytes:
     """The flatbuffer of ``model`` (deploy form) in ``precision``; int8 keeps litert's int8 I/O."""
     import litert_torch
     module, sample = with_layout(model, layout), sample_input(model, layout)
@@ -80,7 +82,7 @@ def convert(model: torch.nn.Module, precision: str = "fp32", calibration: Calibr
         if calibration is None:
             raise UsageError("INT8 needs calibration images", "pass --calib DIR")
         module, quant_config = quantize(module, sample, calibration, layout, keep_float, float_layers, per_channel,
-                                        observer)
+                                        calib_method)
     elif precision != "fp32":
         raise UsageError(f"tflite does not support precision {precision!r}", "choose fp32, fp16 or int8")
     with _quiet_litert():
@@ -177,12 +179,11 @@ def export_tflite(model: torch.nn.Module, output: Path, precision: str = "fp32",
                   float_layers: Iterable[str] = (), **_: Any) -> Path:
     """Write ``model`` (deploy form) to ``output`` as a ``.tflite`` flatbuffer in ``precision``.
 
-    INT8 options: ``calib_method`` (``minmax``: MinMaxObserver; ``entropy``/``percentile``:
-    HistogramObserver's L2-optimal range search), ``per_channel`` weight scales, what stays float
+    INT8 options: ``calib_method`` (:data:`.tflite_int8.CALIBRATION_OBSERVERS`), ``per_channel`` weight scales, what stays float
     (``keep_float``: :data:`.tflite_int8.FLOAT_GROUPS`, default :data:`.tflite_int8.DEFAULT_FLOAT_GROUPS`;
     ``float_layers``: deploy-form modules on top) and ``int8_io``.
     """
-    from .tflite_int8 import DEFAULT_FLOAT_GROUPS
+    from .tflite_int8 import CALIBRATION_OBSERVERS, DEFAULT_FLOAT_GROUPS
     if int8_io and precision != "int8":
         raise UsageError("--int8-io needs --precision int8", "add --precision int8 (with --calib DIR), or drop it")
     if keep_float is None:  # int8 I/O needs the first convolution and the classifier in int8
@@ -192,8 +193,7 @@ def export_tflite(model: torch.nn.Module, output: Path, precision: str = "fp32",
     if clash:
         raise UsageError(f"--int8-io needs the {' and '.join(clash)} group(s) in int8",
                          f"drop {', '.join(clash)} from keep_float, or drop --int8-io")
-    observer = "minmax" if calib_method == "minmax" else "histogram"
-    content = convert(model, precision, calibration, layout, keep_float, float_layers, per_channel, observer)
+    content = convert(model, precision, calibration, layout, keep_float, float_layers, per_channel, calib_method)
     extra: dict[str, Any] = {"layout": layout}
     if precision == "int8":
         if int8_io and None in io_quantization(content).values():
@@ -202,8 +202,14 @@ def export_tflite(model: torch.nn.Module, output: Path, precision: str = "fp32",
         if not int8_io:
             content = float_io(content)
         extra.update(int8_io=int8_io, io_quantization=io_quantization(content), float_groups=list(keep_float),
-                     calibration=calibration.describe(), calib_method=calib_method, calib_observer=observer,
+                     calibration=calibration.describe(), calib_method=calib_method,
+                     calib_observer=CALIBRATION_OBSERVERS[calib_method],
                      per_channel=per_channel, **({"float_layers": list(float_layers)} if float_layers else {}))
     manifest = artifact_manifest(model, "tflite", precision, **extra).replace(layout=layout)
     output.write_bytes(embed_metadata(content, MANIFEST_NAME, manifest.to_json().encode()))
+    summary = graph_summary(output)
+    top = ", ".join(f"{op} {n}" for op, n in list(summary["ops"].items())[:5])
+    entry = summary["inputs"][0]
+    console.print(f"tflite {precision}: {summary['operators']} operators ({top}, ...), input {entry['shape']} "
+                  f"{entry['dtype'].lower()} {layout.upper()}, {summary['bytes'] / 1e6:.2f} MB")
     return output

@@ -44,7 +44,8 @@ FLOAT_GROUPS: dict[str, str] = {
 }
 # Kept float unless the caller says otherwise (measured trade-off in docs/tflite.md).
 DEFAULT_FLOAT_GROUPS = ("stem_input", "depthwise", "token_mixer", "head", "channel_scales")
-CALIBRATION_OBSERVERS = {"minmax": "MinMaxObserver", "histogram": "HistogramObserver"}
+# --calib-method -> torchao observer of the activations (HistogramObserver: an L2-optimal clipping search)
+CALIBRATION_OBSERVERS = {"minmax": "MinMaxObserver", "entropy": "HistogramObserver", "percentile": "HistogramObserver"}
 
 _FIXED_QPARAMS = {aten.softmax.int, aten._softmax.default, aten.sigmoid.default}
 _EXTRA_OPS = {aten.softmax.int: 1, aten._softmax.default: 1, aten.sigmoid.default: 1, aten.bmm.default: 2,
@@ -93,7 +94,7 @@ def decompose_silu(graph: GraphModule) -> GraphModule:
 
 
 def make_quantizer(keep_float: Iterable[str] = (), float_layers: Iterable[str] = (), per_channel: bool = True,
-                   observer: str = "histogram"):
+                   calib_method: str = "minmax"):
     """litert-torch's PT2E quantizer, extended to the whole EfficientViM graph (see the module docstring).
 
     ``keep_float`` names :data:`FLOAT_GROUPS`; ``float_layers`` names deploy-form modules
@@ -109,8 +110,8 @@ def make_quantizer(keep_float: Iterable[str] = (), float_layers: Iterable[str] =
     unknown = sorted(set(keep_float) - set(FLOAT_GROUPS))
     if unknown:
         raise UsageError(f"unknown float group(s) {', '.join(unknown)}", f"choose from {', '.join(FLOAT_GROUPS)}")
-    if observer not in CALIBRATION_OBSERVERS:
-        raise UsageError(f"unknown calibration observer {observer!r}", f"choose {' or '.join(CALIBRATION_OBSERVERS)}")
+    if calib_method not in CALIBRATION_OBSERVERS:
+        raise UsageError(f"unknown calibration method {calib_method!r}", f"choose one of {', '.join(CALIBRATION_OBSERVERS)}")
     float_patterns = [re.compile(FLOAT_GROUPS[group]) for group in keep_float if FLOAT_GROUPS[group]]
     float_scales = "channel_scales" in keep_float
     float_layers = tuple(float_layers)
@@ -149,21 +150,21 @@ def make_quantizer(keep_float: Iterable[str] = (), float_layers: Iterable[str] =
 
     config = pt2e.get_symmetric_quantization_config(is_per_channel=per_channel)
     activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=getattr(
-        observers, CALIBRATION_OBSERVERS[observer]).with_args(eps=2 ** -12))
+        observers, CALIBRATION_OBSERVERS[calib_method]).with_args(eps=2 ** -12))
     config = dataclasses.replace(config, input_activation=activation, output_activation=activation)
     return EfficientViMQuantizer().set_global(config)
 
 
 def quantize(module: torch.nn.Module, sample: torch.Tensor, calibration: CalibrationSet, layout: str = "nchw",
              keep_float: Iterable[str] = (), float_layers: Iterable[str] = (), per_channel: bool = True,
-             observer: str = "histogram"):
+             calib_method: str = "minmax"):
     """Export, annotate, calibrate and convert ``module``; return the Q/DQ graph and litert's QuantConfig."""
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     if len(calibration) == 0:
         raise UsageError("the calibration set is empty", "pass --calib DIR with at least one image")
-    quantizer = make_quantizer(keep_float, float_layers, per_channel, observer)
+    quantizer = make_quantizer(keep_float, float_layers, per_channel, calib_method)
     prepared = prepare_pt2e(decompose_silu(torch.export.export(module, (sample,)).module()), quantizer)
     with torch.no_grad():
         for batch in track(calibration.batches(1), "calibrating", total=len(calibration)):

@@ -133,6 +133,17 @@ class TFLiteBackend(Backend):
     def close(self) -> None:
         self.interpreter = None
 
+    def io(self) -> dict:
+        """The file's real tensor names, shapes and dtypes, with scale / zero point of integer tensors."""
+        def node(detail: dict) -> dict:
+            dtype = np.dtype(detail["dtype"])
+            entry = {"name": detail["name"], "shape": [int(d) for d in detail["shape"]], "dtype": str(dtype)}
+            if dtype.kind in "iu":
+                scale, zero_point = detail["quantization"]
+                entry["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+            return entry
+        return {"inputs": [node(self._input)], "outputs": [node(self._output)]}
+
     def describe(self) -> dict:
         kernels = "reference" if self.reference_kernels else "xnnpack" if self.xnnpack else "builtin"
         return {**super().describe(), "layout": self.manifest.layout, "kernels": kernels,
