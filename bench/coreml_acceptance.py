@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from evim_deploy.calibration import load_calibration  # noqa: E402
 from evim_deploy.export import export  # noqa: E402
@@ -25,26 +25,9 @@ from evim_deploy.model import create_model, get_variant, reparameterize  # noqa:
 from evim_deploy.model.randomize import randomize_  # noqa: E402
 from evim_deploy.runtime import load  # noqa: E402
 from evim_deploy.verify import verify  # noqa: E402
+from photos import disjoint_calibration_photos  # noqa: E402
 
 PRECISIONS = ("fp16", "fp32", "int8", "w8a8")
-SAMPLE_STEMS = {"astronaut", "chelsea", "coffee", "rocket"}  # the bundled photos verify runs on
-
-
-def skimage_calibration(folder: Path) -> Path:
-    """scikit-image's bundled photos (not the four verify uses): original, mirrored, two centre crops."""
-    from PIL import Image, ImageOps
-    import skimage.data
-    source = Path(skimage.data.__file__).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.glob("*")):
-        if path.suffix.lower() not in (".png", ".jpg") or path.stem in SAMPLE_STEMS:
-            continue
-        img = Image.open(path).convert("RGB")
-        w, h = img.size
-        crop = img.crop((w // 6, h // 6, w - w // 6, h - h // 6))
-        for name, view in (("a", img), ("b", ImageOps.mirror(img)), ("c", crop), ("d", ImageOps.mirror(crop))):
-            view.save(folder / f"{path.stem}_{name}.png")
-    return folder
 
 
 def main() -> None:
@@ -58,7 +41,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
-        calib_dir = args.calib or skimage_calibration(Path(tmp) / "calib")
+        calib_dir = args.calib or disjoint_calibration_photos(Path(tmp) / "calib")
         for variant in args.models:
             reference = randomize_(create_model(variant, seed=0), 0)
             size = (get_variant(variant).input_size,) * 2
@@ -76,12 +59,14 @@ def main() -> None:
                 row = {"model": variant, "resolution": size[0], "precision": precision, "bytes": size_bytes,
                        "export_s": round(seconds, 1), "passed": report.passed, "failures": report.failures,
                        "thresholds": report.thresholds, "ops": ops,
-                       "metrics": {k: {"max_abs": m.max_abs, "cosine": m.cosine, "top1": m.top1}
+                       "metrics": {k: {"max_abs": m.max_abs, "cosine": m.cosine, "top1": m.top1,
+                                       "margin": m.margin, "noise": m.noise}
                                    for k, m in report.metrics.items()}}
                 rows.append(row)
                 m = row["metrics"]
                 print(f"{variant} {size[0]} {precision:5s} {size_bytes / 1e6:6.2f} MB  images max|d| "
-                      f"{m['images']['max_abs']:.2e} cos {m['images']['cosine']:.6f} top1 {m['images']['top1']:.0%}  "
+                      f"{m['images']['max_abs']:.2e} cos {m['images']['cosine']:.6f} top1 {m['images']['top1']:.0%} "
+                      f"(margin {m['images']['margin']:.2f} / noise {m['images']['noise']:.2f} std)  "
                       f"random max|d| {m['random']['max_abs']:.2e} cos {m['random']['cosine']:.6f} "
                       f"top1 {m['random']['top1']:.0%}  {'PASS' if report.passed else 'FAIL'}  ({seconds:.0f}s)",
                       flush=True)

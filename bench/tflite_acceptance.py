@@ -5,8 +5,8 @@
 
 Each file goes through the public API (``export`` then ``load`` + ``verify``, as ``evim-deploy export
 --target tflite`` does) at the variant's own resolution, NHWC. INT8 is calibrated on ``--calib`` (default:
-the eight scikit-image photos the tests use). ``--reference-kernels`` adds, for INT8, the cosine between
-XNNPACK and TFLite's reference kernels. Prints one row per file; exit status 1 if any file misses
+scikit-image's photos other than the four verify judges on, see ``bench/photos.py``). ``--reference-kernels``
+adds, for INT8, the cosine between XNNPACK and TFLite's reference kernels. Prints one row per file; exit status 1 if any file misses
 ``verify``'s cosine / max|Δ| bound (top-1 agreement of INT8 on random weights is printed, see
 docs/tflite.md).
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from evim_deploy.calibration import load_calibration  # noqa: E402
 from evim_deploy.export import export  # noqa: E402
@@ -31,6 +31,7 @@ from evim_deploy.model import create_model, get_variant, reparameterize  # noqa:
 from evim_deploy.model.randomize import randomize_  # noqa: E402
 from evim_deploy.runtime import load  # noqa: E402
 from evim_deploy.verify import Metrics, verification_inputs, verify  # noqa: E402
+from photos import disjoint_calibration_photos  # noqa: E402
 
 
 def run_one(variant: str, precision: str, calib_dir: Path, workdir: Path, reference_kernels: bool) -> dict:
@@ -43,7 +44,8 @@ def run_one(variant: str, precision: str, calib_dir: Path, workdir: Path, refere
            "export_s": round(time.perf_counter() - start, 1), "mb": round(path.stat().st_size / 1e6, 2)}
     with load(path, threads=2) as backend:
         report = verify(backend, reference)
-        row["metrics"] = {name: {"max_abs": m.max_abs, "cosine": m.cosine, "top1": m.top1}
+        row["metrics"] = {name: {"max_abs": m.max_abs, "cosine": m.cosine, "top1": m.top1, "margin": m.margin,
+                                 "noise": m.noise}
                           for name, m in report.metrics.items()}
         row["failures"] = report.failures
         if precision == "int8" and reference_kernels:
@@ -55,7 +57,8 @@ def run_one(variant: str, precision: str, calib_dir: Path, workdir: Path, refere
 
 
 def line(row: dict) -> str:
-    parts = [f"{name} max|Δ| {m['max_abs']:.2e} cos {m['cosine']:.6f} top1 {m['top1']:.0%}"
+    parts = [f"{name} max|Δ| {m['max_abs']:.2e} cos {m['cosine']:.6f} top1 {m['top1']:.0%} "
+             f"(margin {m['margin']:.2f} / noise {m['noise']:.2f} std)"
              for name, m in row["metrics"].items()]
     extra = (f" | xnnpack vs ref cos {row['xnnpack_vs_reference_cosine']:.6f}"
              if "xnnpack_vs_reference_cosine" in row else "")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["m1", "m2", "m3", "m4"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"])
-    parser.add_argument("--calib", type=Path, help="calibration images (default: the tests' scikit-image photos)")
+    parser.add_argument("--calib", type=Path, help="calibration images (default: scikit-image photos other than the ones verify judges on)")
     parser.add_argument("--reference-kernels", action="store_true", help="INT8: XNNPACK vs reference-kernel cosine")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -78,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="evim-tflite-") as tmp:
         calib = args.calib
         if calib is None:
-            from test_calibration import write_photos
-            calib = write_photos(Path(tmp) / "photos")
+            calib = disjoint_calibration_photos(Path(tmp) / "photos")
         for variant in args.variants:
             for precision in args.precisions:
                 rows.append(run_one(variant, precision, calib, Path(tmp), args.reference_kernels))

@@ -76,11 +76,11 @@ def _digest(path: Path) -> tuple[int, str]:
     return total, digest.hexdigest()
 
 
-def _verify(path: Path, reference: torch.nn.Module, trained: bool) -> tuple[dict, dict]:
+def _verify(path: Path, reference: torch.nn.Module, trained: bool, images: Path | None) -> tuple[dict, dict]:
     from .runtime import load
     from .verify import verify
     with load(path) as backend:
-        report = verify(backend, reference, trained=trained).to_dict()
+        report = verify(backend, reference, images, trained=trained).to_dict()
         report["file"] = path.name
         return report, backend.io()
 
@@ -88,8 +88,9 @@ def _verify(path: Path, reference: torch.nn.Module, trained: bool) -> tuple[dict
 def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: str | Path,
                  targets: list[str] | None = None, precisions: list[str] | None = None,
                  calibration: CalibrationSet | None = None, force: bool = False, trained: bool = False,
-                 options: dict[str, dict[str, Any]] | None = None) -> Bundle:
-    """Export, verify and document every (target, precision); write the folder atomically."""
+                 options: dict[str, dict[str, Any]] | None = None, images: Path | None = None) -> Bundle:
+    """Export, verify (on ``images``, default the sample photos) and document every (target, precision);
+    write the folder atomically. ``options`` are per target; ``int8_io`` applies to its int8 file only."""
     targets = list(targets or MOBILE_TARGETS)
     pairs = plan(targets, precisions)
     manifest = deploy.manifest
@@ -102,10 +103,12 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
             bundle.files.append(entry)
             console.print(f"{target} {precision} → {entry.file}", style="bold")
             try:
-                path = export(deploy, target, staged / entry.file, precision, calibration,
-                              **(options or {}).get(target, {}))
+                target_options = dict((options or {}).get(target, {}))
+                if precision != "int8":
+                    target_options.pop("int8_io", None)
+                path = export(deploy, target, staged / entry.file, precision, calibration, **target_options)
                 entry.bytes, entry.sha256 = _digest(path)
-                entry.verify, entry.io = _verify(path, reference, trained)
+                entry.verify, entry.io = _verify(path, reference, trained, images)
             except EvimError as err:
                 entry.error = str(err)
             except Exception as err:  # one broken exporter must not hide the others' results

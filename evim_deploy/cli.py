@@ -84,8 +84,15 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=Path, help="folder of calibration images (recursive) for INT8")
     p.add_argument("--calib-samples", type=int, default=256, help="images to sample (default 256)")
     p.add_argument("--calib-synthetic", action="store_true", help="calibrate on random data (smoke tests only)")
-    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
+                   help="activation ranges (default per target, each the best measured there: onnx minmax, "
+                        "tflite percentile; coreml always searches a histogram)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weight scales")
+
+
+def calibration_options(args: argparse.Namespace) -> dict:
+    """INT8 exporter options from the calibration flags; an unset method leaves the target's own default."""
+    return {"per_channel": not args.per_tensor, **({"calib_method": args.calib_method} if args.calib_method else {})}
 
 
 def _configure_export(p: argparse.ArgumentParser) -> None:
@@ -96,6 +103,8 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="output file (default <variant>_<precision><suffix>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--no-verify", action="store_true", help="skip the check against the reference")
+    p.add_argument("--images", type=Path, help="real images verify judges the file(s) on (default: the bundled "
+                   "sample photos; pass held-out images of your own classes)")
     p.add_argument("--fidelity", type=float, help="INT8: keep the fewest layer groups in float that reach this "
                    "logits cosine on the calibration images, e.g. 0.995 (recorded in the manifest)")
     add_calibration_args(p)
@@ -138,12 +147,12 @@ def run_export(args: argparse.Namespace) -> int:
     calibration = calibration_for(args, precision, deploy.manifest)
     start = time.perf_counter()
     path = export(deploy, args.target, args.output, precision, calibration, force=args.force,
-                  calib_method=args.calib_method, per_channel=not args.per_tensor, fidelity=args.fidelity,
+                  fidelity=args.fidelity, **calibration_options(args),
                   **target_options(args, args.target))
     console.print(f"wrote {path} ({_size(path)}, {precision}) in {time.perf_counter() - start:.1f}s", style="green")
     if args.no_verify:
         return 0
-    return report_verify(path, model, trained=args.checkpoint is not None)
+    return report_verify(path, model, args.images, trained=args.checkpoint is not None)
 
 
 def _size(path: Path) -> str:
@@ -158,6 +167,8 @@ def report_verify(path: Path, reference, images: Path | None = None, trained: bo
     with load(path, **runtime_options) as backend:
         report = verify(backend, reference, images, trained=trained)
     console.print(f"verify {path.name}: {report.summary()}", style="green" if report.passed else "bold red")
+    for hint in report.hints():
+        console.print(f"  hint: {hint}", style="yellow")
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
     return 0 if report.passed else 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import build_model, command, target_options
+from .cli import build_model, calibration_options, command, target_options
 from .console import console
 from .errors import UsageError
 
@@ -28,10 +28,10 @@ def run_bundle_export(args: argparse.Namespace) -> int:
                              "pass --calib DIR, or --precision fp32,fp16 for float files only")
         calibration = resolve_calibration(args.calib, args.calib_synthetic, deploy.manifest, args.calib_samples,
                                           args.seed)
-    options = {t: {**target_options(args, t), "calib_method": args.calib_method, "per_channel": not args.per_tensor}
+    options = {t: {**target_options(args, t), **calibration_options(args)}
                for t in MOBILE_TARGETS}
     bundle = build_bundle(model, deploy, args.output, precisions=precisions, calibration=calibration,
-                          force=args.force, trained=args.checkpoint is not None, options=options)
+                          force=args.force, trained=args.checkpoint is not None, options=options, images=args.images)
     print_summary(bundle)
     return 0 if bundle.passed else 1
 

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import add_model_args, build_model, command
+from .cli import add_model_args, build_model, calibration_options, command
 from .console import console
 from .errors import UsageError
 
@@ -85,8 +85,7 @@ def run_quantize_report(args: argparse.Namespace) -> int:
     deploy = reparameterize(model, size)
     precision = args.precision or ("w8a8" if target == "coreml" else "int8")
     calibration = resolve_calibration(args.calib, args.calib_synthetic, deploy.manifest, args.calib_samples, args.seed)
-    scorer = Scorer(deploy, target, precision, calibration, calib_method=args.calib_method,
-                    per_channel=not args.per_tensor)
+    scorer = Scorer(deploy, target, precision, calibration, **calibration_options(args))
     report = sensitivity(scorer, args.mode)
     print_report(report)
     console.print(f"plot: {plot_ranking(report, args.plot)}")

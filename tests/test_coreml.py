@@ -79,8 +79,9 @@ def test_int8_weights_at_ios18_tensor_input_are_judged_as_int8_weights(workdir):
 
 def test_w8a8_file_has_int8_weights_and_activations(workdir):
     """Quantize/dequantize pairs on the activations, constexpr int8 weights, iOS 17; the interpreter's
-    kernels for both are checked against torch in test_coreml_interpreter.py. The cosine against fp32 is
-    reported only: with random weights W8A8 does not reach 0.99 (README, Core ML section)."""
+    kernels for both are checked against torch in test_coreml_interpreter.py. Calibrated on synthetic data
+    here, so the cosine is only bounded loosely; calibrated on real photos, M1-M4 reach 0.993 (README, Core ML
+    section), and the trained fixture's decisions are held to the trained bounds below."""
     path = package(workdir, "w8a8")
     report, interpreter = verified(path)
     print(report.summary())

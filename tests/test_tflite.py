@@ -136,7 +136,7 @@ def test_int8_random_weights_meets_the_cosine_bound(m1_files):
     assert all("top-1" in failure for failure in report.failures), report.failures
     assert extra["float_groups"] == list(DEFAULT_FLOAT_GROUPS) and extra["int8_io"] is False
     assert extra["io_quantization"] == {"input": None, "output": None} and "8 images" in extra["calibration"]
-    assert (extra["calib_method"], extra["calib_observer"], extra["per_channel"]) == ("minmax", "MinMaxObserver", True)
+    assert (extra["calib_method"], extra["calib_observer"], extra["per_channel"]) == ("percentile", "HistogramObserver", True)
 
 
 def test_default_policy_runs_the_convolutions_and_projections_in_int8(m1_files):

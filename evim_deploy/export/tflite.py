@@ -69,7 +69,7 @@ def sample_input(model: torch.nn.Module, layout: str) -> torch.Tensor:
 
 def convert(model: torch.nn.Module, precision: str = "fp32", calibration: CalibrationSet | None = None,
             layout: str = "nhwc", keep_float: Iterable[str] = (), float_layers: Iterable[str] = (),
-            per_channel: bool = True, calib_method: str = "minmax") -> bytes:
+            per_channel: bool = True, calib_method: str | None = None) -> bytes:
     """The flatbuffer of ``model`` (deploy form) in ``precision``; int8 keeps litert's int8 I/O."""
     import litert_torch
     module, sample = with_layout(model, layout), sample_input(model, layout)
@@ -78,11 +78,11 @@ def convert(model: torch.nn.Module, precision: str = "fp32", calibration: Calibr
         from litert_torch.generative.quantize.quant_recipes import full_fp16_recipe
         quant_config = full_fp16_recipe()
     elif precision == "int8":
-        from .tflite_int8 import quantize
+        from .tflite_int8 import DEFAULT_CALIB_METHOD, quantize
         if calibration is None:
             raise UsageError("INT8 needs calibration images", "pass --calib DIR")
         module, quant_config = quantize(module, sample, calibration, layout, keep_float, float_layers, per_channel,
-                                        calib_method)
+                                        calib_method or DEFAULT_CALIB_METHOD)
     elif precision != "fp32":
         raise UsageError(f"tflite does not support precision {precision!r}", "choose fp32, fp16 or int8")
     with _quiet_litert():
@@ -175,15 +175,17 @@ def float_ops(path: str | Path) -> dict[str, int]:
 
 def export_tflite(model: torch.nn.Module, output: Path, precision: str = "fp32",
                   calibration: CalibrationSet | None = None, layout: str = "nhwc", int8_io: bool = False,
-                  calib_method: str = "minmax", per_channel: bool = True, keep_float: Iterable[str] | None = None,
+                  calib_method: str | None = None, per_channel: bool = True, keep_float: Iterable[str] | None = None,
                   float_layers: Iterable[str] = (), **_: Any) -> Path:
     """Write ``model`` (deploy form) to ``output`` as a ``.tflite`` flatbuffer in ``precision``.
 
-    INT8 options: ``calib_method`` (:data:`.tflite_int8.CALIBRATION_OBSERVERS`), ``per_channel`` weight scales, what stays float
+    INT8 options: ``calib_method`` (:data:`.tflite_int8.CALIBRATION_OBSERVERS`, default
+    :data:`.tflite_int8.DEFAULT_CALIB_METHOD`), ``per_channel`` weight scales, what stays float
     (``keep_float``: :data:`.tflite_int8.FLOAT_GROUPS`, default :data:`.tflite_int8.DEFAULT_FLOAT_GROUPS`;
     ``float_layers``: deploy-form modules on top) and ``int8_io``.
     """
-    from .tflite_int8 import CALIBRATION_OBSERVERS, DEFAULT_FLOAT_GROUPS
+    from .tflite_int8 import CALIBRATION_OBSERVERS, DEFAULT_CALIB_METHOD, DEFAULT_FLOAT_GROUPS
+    calib_method = calib_method or DEFAULT_CALIB_METHOD
     if int8_io and precision != "int8":
         raise UsageError("--int8-io needs --precision int8", "add --precision int8 (with --calib DIR), or drop it")
     if keep_float is None:  # int8 I/O needs the first convolution and the classifier in int8

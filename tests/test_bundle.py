@@ -1,0 +1,78 @@
+"""``export --target all``: the mobile bundle of the trained fixture. Its README's snippets must describe each
+file's real I/O (shape, layout, dtype, int8 scale), and labels, manifest and verify results travel with it."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from evim_deploy.runtime import load
+from fixtures.train_fixture import CHECKPOINT, LABELS_FILE
+from test_fixture_int8 import digits  # noqa: F401  (the fixture's digit folders)
+
+pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
+pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, digits):  # noqa: F811
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    from evim_deploy.cli import main
+    code = main(["export", "--target", "all", "--model", "tiny", "--checkpoint", str(CHECKPOINT), "--labels",
+                 str(LABELS_FILE), "--precision", "fp16,int8", "--calib", str(digits["calib"]), "--int8-io",
+                 "--images", str(digits["heldout"]), "--output", str(out)])
+    return code, out
+
+
+def _section(readme: str, file: str) -> str:
+    return readme.split(f"### `{file}`", 1)[1].split("\n### ", 1)[0]
+
+
+def test_every_file_is_written_verified_and_listed(bundle):
+    code, out = bundle
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = {f["file"]: f for f in manifest["files"]}
+    assert set(files) == {f"model-{p}{suffix}" for p in ("fp16", "int8") for suffix in (".onnx", ".mlpackage", ".tflite")}
+    assert all(f["verify"]["passed"] and (out / name).exists() for name, f in files.items())
+    assert files["model-int8.tflite"]["verify"]["metrics"]["images"]["samples"] == 64  # judged on --images
+    assert (out / "labels.txt").read_text().splitlines() == LABELS_FILE.read_text().splitlines()
+    readme = (out / "README.md").read_text()
+    assert all(f"| `{name}` |" in readme for name in files)
+    assert "calibration" in manifest and "images" in manifest["calibration"]
+
+
+def test_kotlin_snippets_match_the_tflite_files_real_io(bundle):
+    _, out = bundle
+    readme = (out / "README.md").read_text()
+    for name in ("model-fp16.tflite", "model-int8.tflite"):
+        with load(out / name) as backend:
+            node = backend.io()["inputs"][0]
+            output = backend.io()["outputs"][0]
+        text = _section(readme, name)
+        n, h, w, c = node["shape"]
+        assert (n, c) == (1, 3) and f"input [1, {h}, {w}, 3] NHWC {node['dtype']}" in text
+        assert f"ByteBuffer.allocateDirect({h} * {w} * 3 * {1 if node['dtype'] == 'int8' else 4})" in text
+        assert f"getPixels(it, 0, {w}, 0, 0, {w}, {h})" in text
+        if node["dtype"] == "int8":  # --int8-io: the snippet quantizes with the file's own scale and zero point
+            q = node["quantization"]
+            scale, zero = re.search(r"x / ([0-9.e-]+)f\)\.roundToInt\(\) \+ (-?\d+)", text).groups()
+            assert float(scale) == pytest.approx(q["scale"]) and int(zero) == q["zero_point"]
+            assert output["dtype"] == "int8" and "ByteArray(10)" in text and "quantizationParams()" in text
+        else:
+            assert "input.putFloat(x)" in text and "FloatArray(10)" in text
+
+
+def test_swift_snippets_name_the_compiled_model_and_the_image_input(bundle):
+    _, out = bundle
+    readme = (out / "README.md").read_text()
+    for name in ("model-fp16.mlpackage", "model-int8.mlpackage"):
+        text = _section(readme, name)
+        with load(out / name) as backend:
+            image = backend.io()["inputs"][0]
+        _, h, w, channels = image["shape"]  # an image input: height x width RGB pixels
+        assert channels == 3
+        assert image["kind"] == "image" and f"`{image['name']}`" in text and "RGB image" in text
+        assert f'forResource: "{name.removesuffix(".mlpackage")}", withExtension: "mlmodelc"' in text
+        assert f"takes a {h}x{w} RGB image" in text
