@@ -63,6 +63,13 @@ def test_unwritable_output_path(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == [blocker]
 
 
+def test_output_suffix_must_match_the_target(capsys, tmp_path):
+    """Runtimes pick the backend by suffix: a TFLite flatbuffer named .onnx would never load again."""
+    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64", "--output", tmp_path / "m.tflite")
+    assert_clean_error(code, err, "onnx writes .onnx files, not 'm.tflite'", "name the output m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sigint_during_export_leaves_nothing(tmp_path):
     out = tmp_path / "m1.onnx"
     proc = subprocess.Popen([sys.executable, "-m", "evim_deploy.cli", "export", "--target", "onnx", "--output",

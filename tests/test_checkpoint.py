@@ -134,6 +134,16 @@ def test_mismatched_keys_are_named(tmp_path, state):
     assert "stages.0.blocks.0.ffn.fc1.conv.weight" in message and "heads.1.bias" in message
 
 
+def test_a_corrupt_key_name_keeps_the_error_on_one_line(tmp_path, state):
+    """A flipped byte can turn a key's letter into a newline (found by tests/test_fuzz.py)."""
+    broken = dict(state)
+    broken["heads.1.bi\nas"] = broken.pop("heads.1.bias")
+    torch.save(broken, tmp_path / "b.pth")
+    with pytest.raises(CheckpointError) as info:
+        create_model("m1", tmp_path / "b.pth")
+    assert "\n" not in str(info.value) and "heads.1.bi\\nas" in str(info.value)
+
+
 def test_not_an_efficientvim_checkpoint(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="no EfficientViM weights"):

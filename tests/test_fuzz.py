@@ -50,6 +50,7 @@ def checkpoint_bytes():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_checkpoint_loader_rejects_mutations_cleanly(data, checkpoint_bytes, tmp_path_factory):
+    """Found by this test: a flipped byte turned a key's 'n' into a newline, and the error echoed it."""
     blob = bytearray(checkpoint_bytes)
     mode = data.draw(st.sampled_from(["truncate", "flip", "garbage"]))
     if mode == "truncate":

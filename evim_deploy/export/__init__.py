@@ -68,8 +68,12 @@ def export(model: torch.nn.Module, target: str = "onnx", output: str | Path | No
                          f"choose one of {', '.join(spec.precisions)}")
     if not hasattr(model, "input_size"):
         raise UsageError("export takes the deploy form", "pass evim_deploy.reparameterize(model, input_size)")
-    exporter = spec.load_exporter()
     output = Path(output or f"{model.manifest.variant}_{precision}{spec.suffix}")
+    if output.suffix != spec.suffix:  # runtimes pick the backend by suffix: a mismatch would never load
+        raise UsageError(f"{target} writes {spec.suffix} files, not {output.name!r}",
+                         f"name the output {output.with_suffix(spec.suffix).name}, or pick the target for "
+                         f"{output.suffix or 'that name'}")
+    exporter = spec.load_exporter()
     fidelity = options.pop("fidelity", None)
     with staged_output(output, force) as staged:
         if fidelity is not None:  # mixed precision: the fewest float layer groups that reach this cosine

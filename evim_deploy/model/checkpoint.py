@@ -103,7 +103,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], hint: str = "
              else v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked") or k in own}
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [k.encode("unicode_escape").decode() for k in state if k not in own]  # a corrupt key stays one line
     wrong = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
              if k in state and state[k].shape != own[k].shape]
     problems = [("shape mismatch", wrong), ("missing", missing), ("unexpected", unexpected)]
