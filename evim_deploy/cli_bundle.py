@@ -50,8 +50,11 @@ def print_summary(bundle, timings: dict[str, float] | None = None) -> None:
         table.add_row(f.file, f.target, f.precision, f"{f.bytes / 1e6:.2f}",
                       Text(f.status, style=None if f.status == "PASS" else "red"),
                       f"{worst['cosine']:.6f}" if worst else "", f"{worst['max_abs']:.1e}" if worst else "",
-                      f"{worst['top1']:.0%}" if worst else "", ms if isinstance(ms, str) else f"{ms:.2f}" if ms else "")
+                      f"{min(m['top1'] for m in metrics.values()):.0%}" if worst else "", ms if isinstance(ms, str) else f"{ms:.2f}" if ms else "")
     console.print(table)
+    for f in bundle.files:
+        for hint in (f.verify or {}).get("hints", []):
+            console.print(f"  {f.file}: {hint}", style="yellow")
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
