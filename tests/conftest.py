@@ -1,4 +1,5 @@
-"""Shared fixtures: small randomized models and their deploy forms, cached per session."""
+"""Shared fixtures: small randomized models and their deploy forms, and the trained fixture with its digit
+folders, cached per session."""
 from __future__ import annotations
 
 import functools
@@ -39,3 +40,22 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The trained fixture's digit folders: ``train``, ``heldout`` (ImageNet-val layout) and ``calib``."""
+    from fixtures.train_fixture import write_image_folders
+    return write_image_folders(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """EfficientViM ``tiny`` with the committed checkpoint trained on digits (tests/fixtures)."""
+    from fixtures.train_fixture import CHECKPOINT, LABELS_FILE
+    return create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
+
+
+@pytest.fixture(scope="session")
+def trained_deploy(trained):
+    return reparameterize(trained, (64, 64))

@@ -9,14 +9,13 @@ import pytest
 
 from evim_deploy.runtime import load
 from fixtures.train_fixture import CHECKPOINT, LABELS_FILE
-from test_fixture_int8 import digits  # noqa: F401  (the fixture's digit folders)
 
 pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, digits):  # noqa: F811
+def bundle(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     from evim_deploy.cli import main
     code = main(["export", "--target", "all", "--model", "tiny", "--checkpoint", str(CHECKPOINT), "--labels",

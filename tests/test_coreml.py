@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("coremltools")
+pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
 
 from conftest import deploy_model, randomized_model, run_cli  # noqa: E402
 from evim_deploy.calibration import load_calibration, synthetic_calibration  # noqa: E402
@@ -94,16 +94,11 @@ def test_w8a8_file_has_int8_weights_and_activations(workdir):
     assert report.metrics["images"].cosine > 0.9
 
 
-def test_w8a8_of_the_trained_fixture_passes_verify_on_held_out_digits(tmp_path):
-    from fixtures.train_fixture import CHECKPOINT, LABELS_FILE, write_image_folders
-    from evim_deploy.model import create_model, reparameterize
-    folders = write_image_folders(tmp_path / "digits")
-    trained = create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
-    deploy = reparameterize(trained, (64, 64))
-    path = export(deploy, "coreml", tmp_path / "tiny_w8a8.mlpackage", "w8a8",
-                  load_calibration(folders["calib"], deploy.manifest, 64), min_target="iOS17")
+def test_w8a8_of_the_trained_fixture_passes_verify_on_held_out_digits(trained, trained_deploy, digits, tmp_path):
+    path = export(trained_deploy, "coreml", tmp_path / "tiny_w8a8.mlpackage", "w8a8",
+                  load_calibration(digits["calib"], trained_deploy.manifest, 64), min_target="iOS17")
     with load(path) as backend:
-        report = verify(backend, trained, folders["heldout"], random_inputs=0, trained=True)
+        report = verify(backend, trained, digits["heldout"], random_inputs=0, trained=True)
     print(report.summary())
     assert report.passed and report.thresholds["cosine"] == 0.995 and report.thresholds["top1"] == 0.99
 

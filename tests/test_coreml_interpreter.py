@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-ct = pytest.importorskip("coremltools")
+ct = pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
 
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 

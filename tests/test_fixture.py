@@ -4,25 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import run_cli
 from evim_deploy.evaluate import evaluate_reference
-from evim_deploy.model import create_model, reparameterize
+from evim_deploy.model import reparameterize
 from evim_deploy.verify import Metrics
-from fixtures.train_fixture import (CHECKPOINT, LABELS, LABELS_FILE, STATED_ACCURACY, accuracy, train,
-                                    write_image_folders)
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return write_image_folders(tmp_path_factory.mktemp("digits"))
-
-
-@pytest.fixture(scope="module")
-def trained():
-    return create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
+from fixtures.train_fixture import CHECKPOINT, LABELS, LABELS_FILE, STATED_ACCURACY, accuracy, train
 
 
 def test_checkpoint_is_a_small_official_envelope():

@@ -8,10 +8,8 @@ from evim_deploy.backends import get_backend
 from evim_deploy.calibration import CalibrationSet, load_calibration
 from evim_deploy.evaluate import evaluate_file, evaluate_reference
 from evim_deploy.export import export
-from evim_deploy.model import create_model, reparameterize
 from evim_deploy.runtime import load
 from evim_deploy.verify import TRAINED_INT8, verify
-from fixtures.train_fixture import CHECKPOINT, LABELS_FILE, write_image_folders
 
 # Scored on the calibration images, which are training images: the model is more confident there than on
 # held-out digits, so the search aims above the 0.995 that verify demands on held-out images (docs/int8.md).
@@ -23,19 +21,8 @@ INT8_TARGETS = [("onnx", "int8"), ("tflite", "int8"), ("coreml", "w8a8")]
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return write_image_folders(tmp_path_factory.mktemp("digits"))
-
-
-@pytest.fixture(scope="module")
-def trained():
-    model = create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
-    return model, reparameterize(model, (64, 64))
-
-
-@pytest.fixture(scope="module")
 def fp32_heldout(trained, digits):
-    return evaluate_reference(trained[0], digits["heldout"])
+    return evaluate_reference(trained, digits["heldout"])
 
 
 def _require(target: str) -> None:
@@ -46,15 +33,15 @@ def _require(target: str) -> None:
 
 
 @pytest.mark.parametrize("target, precision", FIDELITY_TARGETS)
-def test_fidelity_int8_file_meets_the_trained_bounds_on_held_out_digits(target, precision, trained, digits,
-                                                                       fp32_heldout, tmp_path):
+def test_fidelity_int8_file_meets_the_trained_bounds_on_held_out_digits(target, precision, trained, trained_deploy,
+                                                                       digits, fp32_heldout, tmp_path):
     _require(target)
-    calibration = load_calibration(digits["calib"], trained[1].manifest, samples=128)
-    path = export(trained[1], target, tmp_path / f"tiny{get_backend(target).suffix}", precision, calibration,
+    calibration = load_calibration(digits["calib"], trained_deploy.manifest, samples=128)
+    path = export(trained_deploy, target, tmp_path / f"tiny{get_backend(target).suffix}", precision, calibration,
                   fidelity=FIDELITY)
     with load(path) as backend:
         record = backend.manifest.extra["fidelity"]
-        report = verify(backend, trained[0], digits["heldout"], trained=True)
+        report = verify(backend, trained, digits["heldout"], trained=True)
     assert record["target_cosine"] == FIDELITY and record["cosine"] >= FIDELITY
     assert report.thresholds == {**report.thresholds, **TRAINED_INT8}
     assert report.passed, report.summary()
@@ -65,12 +52,12 @@ def test_fidelity_int8_file_meets_the_trained_bounds_on_held_out_digits(target, 
 
 
 @pytest.mark.parametrize("target, precision", INT8_TARGETS)
-def test_all_zero_calibration_makes_verify_fail(target, precision, trained, digits, tmp_path):
+def test_all_zero_calibration_makes_verify_fail(target, precision, trained, trained_deploy, digits, tmp_path):
     """Zero calibration tensors (what a zero-filled buffer gives): ranges collapse, held-out logits do not match."""
     _require(target)
     zeros = CalibrationSet(np.zeros((16, 3, 64, 64), np.float32), "all-zero tensors")
-    path = export(trained[1], target, tmp_path / f"broken{get_backend(target).suffix}", precision, zeros)
+    path = export(trained_deploy, target, tmp_path / f"broken{get_backend(target).suffix}", precision, zeros)
     with load(path) as backend:
-        report = verify(backend, trained[0], digits["heldout"], trained=True)
+        report = verify(backend, trained, digits["heldout"], trained=True)
     assert not report.passed
     assert any(f.startswith("images cosine") for f in report.failures), report.failures

@@ -17,7 +17,7 @@ from evim_deploy.export import export
 from evim_deploy.export import onnx as onnx_export
 from evim_deploy.export.onnx_int8 import DEFAULT_FLOAT_GROUPS, FLOAT_GROUPS, float_nodes
 from evim_deploy.manifest import Manifest
-from evim_deploy.model import VARIANTS, create_model, reparameterize
+from evim_deploy.model import VARIANTS, reparameterize
 from evim_deploy.runtime import load
 from evim_deploy.runtime.onnx import OnnxBackend, profile_by_op
 from evim_deploy.verify import verify
@@ -41,18 +41,6 @@ def m1_files(tmp_path_factory, photo_dir):
     return {precision: export(deploy, "onnx", folder / f"m1_{precision}.onnx", precision,
                               calibration if precision == "int8" else None)
             for precision in ("fp32", "fp16", "int8")}
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from fixtures.train_fixture import write_image_folders
-    return write_image_folders(tmp_path_factory.mktemp("digits"))
-
-
-@pytest.fixture(scope="module")
-def trained():
-    from fixtures.train_fixture import CHECKPOINT, LABELS_FILE
-    return create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
 
 
 @pytest.fixture(scope="module")

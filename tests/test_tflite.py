@@ -25,7 +25,6 @@ from evim_deploy.runtime import load  # noqa: E402
 from evim_deploy.runtime.tflite import MANIFEST_NAME, graph_summary, read_metadata  # noqa: E402
 from evim_deploy.verify import Metrics, verify  # noqa: E402
 from fixtures.train_fixture import CHECKPOINT  # noqa: E402
-from test_fixture_int8 import digits, trained  # noqa: E402,F401  (the trained fixture and its digit folders)
 from test_calibration import write_photos  # noqa: E402
 
 SIZE = (128, 128)
@@ -52,12 +51,12 @@ def m1_files(tmp_path_factory, photo_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_int8(trained, digits, tmp_path_factory):
+def tiny_int8(trained_deploy, digits, tmp_path_factory):
     """The trained fixture in INT8: the default policy (float I/O), and full integer with int8 I/O."""
-    calibration = load_calibration(digits["calib"], trained[1].manifest, samples=64)
+    calibration = load_calibration(digits["calib"], trained_deploy.manifest, samples=64)
     folder = tmp_path_factory.mktemp("tiny")
-    return {"default": export(trained[1], "tflite", folder / "tiny_int8.tflite", "int8", calibration),
-            "int8_io": export(trained[1], "tflite", folder / "tiny_int8io.tflite", "int8", calibration,
+    return {"default": export(trained_deploy, "tflite", folder / "tiny_int8.tflite", "int8", calibration),
+            "int8_io": export(trained_deploy, "tflite", folder / "tiny_int8io.tflite", "int8", calibration,
                               int8_io=True, keep_float=())}
 
 
@@ -150,7 +149,7 @@ def test_default_policy_runs_the_convolutions_and_projections_in_int8(m1_files):
 
 def test_int8_of_the_trained_fixture_keeps_the_decisions(trained, digits, tiny_int8):
     with load(tiny_int8["default"]) as backend:
-        report = verify(backend, trained[0], digits["heldout"], trained=True)
+        report = verify(backend, trained, digits["heldout"], trained=True)
     assert report.passed, report.summary()  # cosine >= 0.995 and top-1 >= 99% on held-out digits
 
 
@@ -194,20 +193,20 @@ def test_int8_io_records_scales_and_the_runtime_applies_them(tiny_int8, trained,
         assert nodes["inputs"][0]["quantization"] == {"scale": pytest.approx(io["input"]["scale"]),
                                                       "zero_point": io["input"]["zero_point"]}
         assert nodes["outputs"][0]["dtype"] == "int8" and nodes["outputs"][0]["shape"] == [1, 10]
-        report = verify(backend, trained[0], digits["heldout"], trained=True)
+        report = verify(backend, trained, digits["heldout"], trained=True)
     assert report.passed, report.summary()
 
 
-def test_int8_io_needs_int8_precision_and_quantized_ends(trained, digits, tmp_path):
+def test_int8_io_needs_int8_precision_and_quantized_ends(trained_deploy, digits, tmp_path):
     with pytest.raises(UsageError, match="--int8-io needs --precision int8"):
-        export(trained[1], "tflite", tmp_path / "a.tflite", "fp32", int8_io=True)
-    calibration = load_calibration(digits["calib"], trained[1].manifest, samples=4)
+        export(trained_deploy, "tflite", tmp_path / "a.tflite", "fp32", int8_io=True)
+    calibration = load_calibration(digits["calib"], trained_deploy.manifest, samples=4)
     with pytest.raises(UsageError, match="--int8-io needs .*head"):
-        export(trained[1], "tflite", tmp_path / "b.tflite", "int8", calibration, int8_io=True, keep_float=["head"])
+        export(trained_deploy, "tflite", tmp_path / "b.tflite", "int8", calibration, int8_io=True, keep_float=["head"])
     with pytest.raises(UsageError, match="unknown calibration method 'kl'"):
-        export(trained[1], "tflite", tmp_path / "d.tflite", "int8", calibration, calib_method="kl")
+        export(trained_deploy, "tflite", tmp_path / "d.tflite", "int8", calibration, calib_method="kl")
     with pytest.raises(UsageError, match="unknown float group.*choose from stem_input"):
-        export(trained[1], "tflite", tmp_path / "c.tflite", "int8", calibration, keep_float=["mixer"])
+        export(trained_deploy, "tflite", tmp_path / "c.tflite", "int8", calibration, keep_float=["mixer"])
     assert list(tmp_path.iterdir()) == []
 
 
