@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/evim-deploy demo
 
+# The import-linter contracts in pyproject.toml (the layers) first, then the whole suite.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.fidelity import METRIC_COLUMNS, export_and_judge, fixture, metric_cells, verdict  # noqa: E402
-from evim_deploy.calibration import CalibrationSet, load_calibration, synthetic_calibration  # noqa: E402
-from evim_deploy.preprocess import normalize  # noqa: E402
+from evim_deploy.calibration import CalibrationSet, load_calibration, synthetic_calibration
+from evim_deploy.model import reparameterize
+from evim_deploy.preprocess import normalize
+from fidelity import METRIC_COLUMNS, export_and_judge, fixture, metric_cells, verdict  # bench/fidelity.py
 
 METHODS = ("minmax", "entropy", "percentile")
 SAMPLES = (32, 128, 512)
@@ -55,7 +54,7 @@ def broken_calibration_table(deploy, folders, reference, target: str, workdir: P
              f"| calibration | layers kept float | {METRIC_COLUMNS} | verify |", "|---|---|---|---|---|---|---|"]
     for name, calibration in calibrations(deploy.manifest, folders["calib"]).items():
         row = export_and_judge(deploy, folders, reference, target, "int8", workdir, FIDELITY, calibration=calibration)
-        lines.append(f"| {name} | {', '.join(row.float_layers) or '-'} | {metric_cells(row)} | {verdict(row)} |")
+        lines.append(f"| {name} | {', '.join(row.fidelity_groups) or '-'} | {metric_cells(row)} | {verdict(row)} |")
         print(lines[-1], flush=True)
     return lines
 
@@ -68,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/calibration_study"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--all-int8", action="store_true",
-                        help="turn the exporter's float policy off (keep_float=()): every op INT8")
+                        help="turn the exporter's float policy off (float_groups=()): every op INT8")
     args = parser.parse_args(argv)
-    policy = {"keep_float": ()} if args.all_int8 else {}
+    policy = {"float_groups": ()} if args.all_int8 else {}
     torch.set_num_threads(args.threads)
-    from evim_deploy.model import reparameterize
     args.out.mkdir(parents=True, exist_ok=True)
     reference_model, folders, reference = fixture(args.out)
     deploy = reparameterize(reference_model, reference_model.manifest.input_size)

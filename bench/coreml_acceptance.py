@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-
-from evim_deploy.calibration import load_calibration  # noqa: E402
-from evim_deploy.export import export  # noqa: E402
-from evim_deploy.model import create_model, get_variant, reparameterize  # noqa: E402
-from evim_deploy.model.randomize import randomize_  # noqa: E402
-from evim_deploy.runtime import load  # noqa: E402
-from evim_deploy.verify import verify  # noqa: E402
-from photos import disjoint_calibration_photos  # noqa: E402
+from evim_deploy.calibration import load_calibration
+from evim_deploy.files import artifact_bytes
+from evim_deploy.model import get_variant, reparameterize
+from evim_deploy.targets import export, load
+from evim_deploy.testing import disjoint_calibration_photos, randomized_model
+from evim_deploy.verify import verify
 
 PRECISIONS = ("fp16", "fp32", "int8", "w8a8")
 
@@ -43,7 +39,7 @@ def main() -> None:
         workdir = args.keep or Path(tmp)
         calib_dir = args.calib or disjoint_calibration_photos(Path(tmp) / "calib")
         for variant in args.models:
-            reference = randomize_(create_model(variant, seed=0), 0)
+            reference = randomized_model(variant)
             size = (get_variant(variant).input_size,) * 2
             deploy = reparameterize(reference, size)
             calibration = load_calibration(calib_dir, deploy.manifest)
@@ -52,10 +48,10 @@ def main() -> None:
                 path = export(deploy, "coreml", workdir / f"{variant}_{precision}.mlpackage", precision,
                               calibration if precision == "w8a8" else None, force=True)
                 seconds = time.perf_counter() - start
-                with load(path) as backend:
-                    report = verify(backend, reference)
-                    ops = backend.interpreter.ops
-                size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                with load(path) as runtime:
+                    report = verify(runtime, reference)
+                    ops = runtime.interpreter.ops
+                size_bytes = artifact_bytes(path)
                 row = {"model": variant, "resolution": size[0], "precision": precision, "bytes": size_bytes,
                        "export_s": round(seconds, 1), "passed": report.passed, "failures": report.failures,
                        "thresholds": report.thresholds, "ops": ops,

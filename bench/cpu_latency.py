@@ -1,11 +1,11 @@
 """CPU latency side by side: batch 1, M1 at 224x224, 2 threads by default. One command:
 
-    .venv/bin/python bench/cpu_latency.py [--model m1] [--resolution 224] [--threads 2] [--backends onnx,tflite]
+    .venv/bin/python bench/cpu_latency.py [--model m1] [--resolution 224] [--threads 2] [--targets onnx,tflite]
                                           [--rounds 7] [--iterations 30] [--profile]
 
 Rows: eager PyTorch (reference and deploy form), the plain ONNX export of the reference (no
 reparameterization: what a user gets today, run in the same ONNX Runtime session settings), then every
-installed backend of ``evim_deploy.backends.BACKENDS`` in each precision it exports. INT8 files are
+installed target of ``evim_deploy.targets.TARGETS`` in each precision it exports. INT8 files are
 calibrated on the bundled sample photos plus a small synthetic set (latency does not depend on the
 calibration); each row shows its ``verify`` result. Rows are measured in interleaved rounds in one
 process, so the ratios compare like with like. ``--profile`` adds ONNX Runtime's per-op profile of the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +23,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evim_deploy.backends import BACKENDS  # noqa: E402
-from evim_deploy.benchmark import interleaved  # noqa: E402
-from evim_deploy.calibration import CalibrationSet, synthetic_calibration  # noqa: E402
-from evim_deploy.export import export  # noqa: E402
-from evim_deploy.export.onnx import embed_manifest, trace_to_onnx  # noqa: E402
-from evim_deploy.model import create_model, get_variant, parse_resolution, reparameterize  # noqa: E402
-from evim_deploy.model.randomize import randomize_  # noqa: E402
-from evim_deploy.preprocess import preprocess  # noqa: E402
-from evim_deploy.runtime import load  # noqa: E402
-from evim_deploy.samples import sample_images  # noqa: E402
-from evim_deploy.verify import verify  # noqa: E402
+from evim_deploy.benchmark import interleaved
+from evim_deploy.calibration import CalibrationSet, synthetic_calibration
+from evim_deploy.export.onnx import trace_to_onnx
+from evim_deploy.formats.onnx import embed_manifest
+from evim_deploy.model import get_variant, parse_resolution, reparameterize
+from evim_deploy.preprocess import preprocess
+from evim_deploy.runtime.onnx import OnnxRuntime, profile_by_op
+from evim_deploy.samples import sample_images
+from evim_deploy.targets import TARGETS, export, load
+from evim_deploy.testing import randomized_model
+from evim_deploy.verify import verify
 
 PLAIN = "plain ONNX export of reference"
-QUANTIZED = ("int8", "w8a8")
 
 
 @dataclass
@@ -49,7 +45,7 @@ class Row:
     name: str
     run: Callable[[], object] | None = None
     note: str = ""
-    backend: object | None = None
+    runtime: object | None = None
 
 
 def plain_onnx_export(reference: torch.nn.Module, size: tuple[int, int], path: Path) -> Path:
@@ -67,7 +63,7 @@ def plain_onnx_export(reference: torch.nn.Module, size: tuple[int, int], path: P
     graph = trace_to_onnx(Sized().eval())
     reference.eval()  # the exporter restores the wrapper's mode on every child: keep the reference in eval
     manifest = reference.manifest.with_input_size(size).replace(target="onnx", extra={"plain": True})
-    embed_manifest(graph, manifest.to_json(), "plain")
+    embed_manifest(graph, manifest)
     onnx.save(graph, path)
     return path
 
@@ -79,52 +75,47 @@ def bench_calibration(manifest, synthetic: int = 16) -> CalibrationSet:
     return CalibrationSet(np.concatenate([photos, noise]), "bundled sample photos + synthetic")
 
 
-def verify_note(backend, reference) -> str:
-    report = verify(backend, reference)
+def verify_note(runtime, reference) -> str:
+    report = verify(runtime, reference)
     parts = [f"{name} cos {m.cosine:.4f} top1 {m.top1:.0%}" for name, m in report.metrics.items()]
     verdict = "PASS" if report.passed else "FAIL (" + "; ".join(report.failures) + ")"
     return f"verify {verdict}: {', '.join(parts)}"
 
 
-def timed(name: str, backend, x: np.ndarray, reference) -> Row:
-    native = backend.from_nchw(x)
-    return Row(name, lambda: backend.predict(native), verify_note(backend, reference), backend)
+def timed(name: str, runtime, x: np.ndarray, reference) -> Row:
+    native = runtime.from_nchw(x)
+    return Row(name, lambda: runtime.predict(native), verify_note(runtime, reference), runtime)
 
 
-def backend_rows(deploy, reference, x: np.ndarray, threads: int, workdir: Path, only: set[str] | None) -> list[Row]:
-    """Every installed backend of the table, in each precision it exports."""
+def target_rows(deploy, reference, x: np.ndarray, threads: int, workdir: Path, only: set[str] | None) -> list[Row]:
+    """Every target of the table, in each precision it exports; those that cannot be timed here say why."""
     rows: list[Row] = []
     calibration = None
-    for spec in BACKENDS.values():
+    for spec in TARGETS.values():
         if only and spec.name not in only:
             continue
-        if spec.missing_modules():
-            rows.append(Row(f"{spec.name}", note=f"not installed: pip install 'evim-deploy[{spec.extra}]'"))
-            continue
+        unavailable = spec.unavailable_reason()  # not installed, or e.g. Core ML off macOS
         for precision in spec.precisions:
             name = f"{spec.name} {precision} ({spec.suffix})"
-            if precision in QUANTIZED and calibration is None:
+            if unavailable:  # say so for every precision, time nothing
+                rows.append(Row(name, note=unavailable))
+                continue
+            if spec.needs_calibration(precision) and calibration is None:
                 calibration = bench_calibration(deploy.manifest)
             try:
                 path = export(deploy, spec.name, workdir / f"{spec.name}_{precision}{spec.suffix}", precision,
-                              calibration if precision in QUANTIZED else None, force=True)
-                backend = load(path, threads=threads)
+                              calibration if spec.needs_calibration(precision) else None, force=True)
+                runtime = load(path, threads=threads)
             except Exception as err:  # another team's exporter may fail: report it on its row, keep going
                 rows.append(Row(name, note=f"export/load failed: {type(err).__name__}: {str(err)[:120]}"))
                 continue
-            unavailable = getattr(backend, "benchmark_unavailable", None)
-            if unavailable:  # e.g. Core ML off macOS: say so for every precision, time nothing
-                rows += [Row(f"{spec.name} {p} ({spec.suffix})", note=unavailable)
-                         for p in spec.precisions[spec.precisions.index(precision):]]
-                backend.close()
-                break
-            rows.append(timed(name, backend, x, reference))
+            rows.append(timed(name, runtime, x, reference))
     return rows
 
 
 def build_rows(variant: str, size: tuple[int, int], threads: int, workdir: Path, only: set[str] | None) -> list[Row]:
     torch.set_num_threads(threads)
-    reference = randomize_(create_model(variant))
+    reference = randomized_model(variant)
     deploy = reparameterize(reference, size)
     x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
     xt = torch.from_numpy(x)
@@ -139,7 +130,7 @@ def build_rows(variant: str, size: tuple[int, int], threads: int, workdir: Path,
     if not only or "onnx" in only:
         plain = load(plain_onnx_export(reference, size, workdir / "plain.onnx"), threads=threads)
         rows.append(timed(PLAIN, plain, x, reference))
-    return rows + backend_rows(deploy, reference, x, threads, workdir, only)
+    return rows + target_rows(deploy, reference, x, threads, workdir, only)
 
 
 def print_table(rows: list[Row], timings: dict, args, size) -> None:
@@ -164,11 +155,10 @@ def print_table(rows: list[Row], timings: dict, args, size) -> None:
 
 def print_profiles(rows: list[Row], runs: int = 200) -> None:
     """ONNX Runtime's profiler on every ONNX row: the ops that take the time."""
-    from evim_deploy.runtime.onnx import OnnxBackend, profile_by_op
     for row in rows:
-        if not isinstance(row.backend, OnnxBackend):
+        if not isinstance(row.runtime, OnnxRuntime):
             continue
-        with OnnxBackend(row.backend.path, threads=row.backend.threads, profile=True) as session:
+        with OnnxRuntime(row.runtime.path, threads=row.runtime.threads, profile=True) as session:
             native = session.from_nchw(np.random.default_rng(0).standard_normal((1, 3, *session.manifest.input_size))
                                        .astype(np.float32))
             for _ in range(runs):
@@ -185,13 +175,13 @@ def main() -> None:
     parser.add_argument("--model", default="m1")
     parser.add_argument("--resolution", help="224 or HxW (default: the variant's)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backends", help="comma-separated backends of the table to include (default: all)")
+    parser.add_argument("--targets", help="comma-separated targets of the table to include (default: all)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--profile", action="store_true", help="print ONNX Runtime's top ops of every ONNX row")
     args = parser.parse_args()
     size = parse_resolution(args.resolution or get_variant(args.model).input_size)
-    only = set(args.backends.split(",")) if args.backends else None
+    only = set(args.targets.split(",")) if args.targets else None
     with tempfile.TemporaryDirectory() as tmp:
         rows = build_rows(args.model, size, args.threads, Path(tmp), only)
         timings = interleaved({row.name: row.run for row in rows if row.run}, rounds=args.rounds,

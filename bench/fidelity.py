@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fidelity.py [--targets onnx tflite] [--out out/fidelity] [--fidelity 0.995]
 
-The fixture is EfficientViM ``tiny`` trained on scikit-learn's digits (``tests/fixtures``). Every file
+The fixture is EfficientViM ``tiny`` trained on scikit-learn's digits (``evim_deploy.testing``). Every file
 is exported through the public API (INT8 calibrated on the fixture's calibration folder, with
 ``--fidelity 0.997`` where the target supports mixed precision), then run on the 360 held-out images.
 A file misses its target when its top-1 drops more than 0.5 point below the fp32 reference, or when
@@ -21,13 +21,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evim_deploy.backends import BACKENDS  # noqa: E402
-from evim_deploy.errors import BackendUnavailableError, EvimError  # noqa: E402
-from evim_deploy.evaluate import EvalResult, evaluate_file, evaluate_reference  # noqa: E402
-from evim_deploy.verify import Metrics, check, thresholds_for  # noqa: E402
-from tests.fixtures.train_fixture import CHECKPOINT, LABELS_FILE, write_image_folders  # noqa: E402
+from evim_deploy.calibration import load_calibration
+from evim_deploy.errors import EvimError, TargetUnavailableError
+from evim_deploy.evaluate import EvalResult, evaluate_file, evaluate_reference
+from evim_deploy.files import artifact_megabytes
+from evim_deploy.model import reparameterize
+from evim_deploy.quantize.fidelity import export_with_fidelity
+from evim_deploy.targets import TARGETS, export, get_target, load
+from evim_deploy.testing.train_fixture import trained_model, write_image_folders
+from evim_deploy.verify import Metrics, check, thresholds_for
 
 MAX_ACCURACY_DROP = 0.005  # the issue's floor: at most 0.5 point of top-1 below fp32
 
@@ -47,16 +49,15 @@ class Row:
     min_cosine: float | None = None
     megabytes: float | None = None
     seconds: float | None = None
-    float_policy: list[str] = field(default_factory=list)   # the exporter's named float groups
-    float_layers: list[str] = field(default_factory=list)   # layer groups --fidelity kept in float
+    float_groups: list[str] = field(default_factory=list)     # every group the file keeps float (its manifest)
+    fidelity_groups: list[str] = field(default_factory=list)  # those of them --fidelity added to the policy
     notes: list[str] = field(default_factory=list)
 
 
 def fixture(out: Path):
     """The trained reference, its image folders and its fp32 held-out result."""
-    from evim_deploy.model import create_model
     folders = write_image_folders(out / "digits")
-    reference = create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
+    reference = trained_model()
     return reference, folders, evaluate_reference(reference, folders["heldout"])
 
 
@@ -65,12 +66,12 @@ def judge(path: Path, folders: dict[str, Path], reference: EvalResult, target: s
     """Evaluate ``path`` on the held-out split and hold it to the fidelity bounds."""
     result = evaluate_file(path, folders["heldout"])
     metrics = Metrics.compare(reference.logits, result.logits)
-    manifest_extra = _manifest(path).extra
+    manifest = _manifest(path)
     row = Row(target, precision, "pass", result.top1, result.top5, reference.top1 - result.top1, metrics.top1,
-              metrics.cosine, metrics.min_cosine, _megabytes(path), seconds,
-              list(manifest_extra.get("float_groups", manifest_extra.get("float_modules", []))),  # Core ML: modules
-              list(manifest_extra.get("float_layers", [])))
-    row.notes = check(metrics, thresholds_for(_manifest(path), trained=True), "held-out")
+              metrics.cosine, metrics.min_cosine, artifact_megabytes(path), seconds,
+              list(manifest.extra.get("float_groups", [])),
+              list(manifest.extra.get("fidelity", {}).get("float_groups", [])))
+    row.notes = check(metrics, thresholds_for(manifest, trained=True), "held-out")
     if row.drop > MAX_ACCURACY_DROP:
         row.notes.append(f"top-1 drop {row.drop:.2%} > {MAX_ACCURACY_DROP:.1%}")
     row.status = "MISS" if row.notes else "pass"
@@ -78,14 +79,8 @@ def judge(path: Path, folders: dict[str, Path], reference: EvalResult, target: s
 
 
 def _manifest(path: Path):
-    from evim_deploy.runtime import load
-    with load(path) as backend:
-        return backend.manifest
-
-
-def _megabytes(path: Path) -> float:
-    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
-    return sum(f.stat().st_size for f in files) / 1e6
+    with load(path) as runtime:
+        return runtime.manifest
 
 
 def export_and_judge(deploy, folders, reference: EvalResult, target: str, precision: str, workdir: Path,
@@ -95,20 +90,19 @@ def export_and_judge(deploy, folders, reference: EvalResult, target: str, precis
     INT8 calibrates on ``calib_samples`` images of the fixture's calibration folder unless ``calibration``
     (a ``CalibrationSet``) is given.
     """
-    from evim_deploy.calibration import load_calibration
-    from evim_deploy.export import export
-    from evim_deploy.quantize_report import supports_float_layers
-    quantized = precision in ("int8", "w8a8")
-    if quantized and calibration is None:
+    spec = get_target(target)
+    calibrated = spec.needs_calibration(precision)
+    if calibrated and calibration is None:
         calibration = load_calibration(folders["calib"], deploy.manifest, calib_samples)
-    if quantized and fidelity is not None and supports_float_layers(target):
-        options["fidelity"] = fidelity
-    path = workdir / f"tiny_{precision}{BACKENDS[target].suffix}"
+    path = workdir / f"tiny_{precision}{spec.suffix}"
     start = time.perf_counter()
     try:
-        export(deploy, target, path, precision, calibration, force=True, **options)
+        if calibrated and fidelity is not None and spec.mixed_precision:
+            export_with_fidelity(deploy, target, path, precision, calibration, fidelity, force=True, **options)
+        else:
+            export(deploy, target, path, precision, calibration, force=True, **options)
         return judge(path, folders, reference, target, precision, time.perf_counter() - start)
-    except BackendUnavailableError as err:
+    except TargetUnavailableError as err:
         return Row(target, precision, "not run", notes=[str(err)])
     except (EvimError, RuntimeError, ValueError, TypeError) as err:  # a broken exporter is a miss, reported
         return Row(target, precision, "FAILED", notes=[f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"])
@@ -141,13 +135,13 @@ def table(rows: list[Row], reference: EvalResult) -> str:
 
 
 def _float_cell(row: Row) -> str:
-    cell = ", ".join(row.float_policy) or "-"
-    return cell + (f" + layers {', '.join(row.float_layers)}" if row.float_layers else "")
+    cell = ", ".join(g for g in row.float_groups if g not in row.fidelity_groups) or "-"
+    return cell + (f" + layers {', '.join(row.fidelity_groups)}" if row.fidelity_groups else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
     parser.add_argument("--precisions", nargs="+", help="only these precisions (default: every one a target has)")
     parser.add_argument("--fidelity", type=float, default=0.997,
                         help="INT8 mixed-precision target cosine on the calibration images (default 0.997: they "
@@ -156,14 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from evim_deploy.model import reparameterize
     args.out.mkdir(parents=True, exist_ok=True)
     reference_model, folders, reference = fixture(args.out)
     deploy = reparameterize(reference_model, reference_model.manifest.input_size)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         for target in args.targets:
-            spec = BACKENDS[target]
+            spec = TARGETS[target]
             missing = spec.missing_modules()
             for precision in spec.precisions:
                 if args.precisions and precision not in args.precisions:

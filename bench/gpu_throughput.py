@@ -11,7 +11,8 @@
 - the per-op profile of the fused runtime and, with --sweep, a block-size sweep and the tuned figure.
 
 Writes gpu_throughput.json and gpu_throughput.txt to --out (default $OUT, else ./out), after each section.
-Weights are random (randomize_: realistic BN statistics); throughput does not depend on their values.
+Weights are random (evim_deploy.testing.randomized_model: realistic BN statistics); throughput does not
+depend on their values.
 """
 from __future__ import annotations
 
@@ -25,15 +26,13 @@ from pathlib import Path
 
 os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="evim-triton-cache-"))  # cold compile: honest warm-up
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch  # noqa: E402
 
-from evim_deploy.gpu import bench, optimize_for_cuda  # noqa: E402
+from evim_deploy.gpu import optimize_for_cuda, throughput  # noqa: E402
 from evim_deploy.gpu.plan import build_plan  # noqa: E402
 from evim_deploy.gpu.configs import load_overrides, save_overrides  # noqa: E402
-from evim_deploy.model import create_model, reparameterize  # noqa: E402
-from evim_deploy.model.randomize import randomize_  # noqa: E402
+from evim_deploy.model import reparameterize  # noqa: E402
+from evim_deploy.testing import randomized_model  # noqa: E402
 
 OURS = "ours triton + graph"
 
@@ -66,11 +65,11 @@ def machine() -> dict:
     return info
 
 
-def table(rows: list[bench.GpuRow], model: str) -> list[str]:
+def table(rows: list[throughput.GpuRow], model: str) -> list[str]:
     lines = [f"{'model':22} {'path':30} {'prec':5} {'batch':>5} {'img/s':>10} {'ms/batch':>9} {'warm-up s':>9} "
              f"{'vs ours':>7}"]
     for row in rows:
-        ours = bench.best([r for r in rows if r.path == OURS], model, row.batch, "fp16")
+        ours = throughput.best([r for r in rows if r.path == OURS], model, row.batch, "fp16")
         ratio = f"{ours.images_per_s / row.images_per_s:6.2f}x" if ours and row.timing else ""
         ips = f"{row.images_per_s:10.0f}" if row.timing else f"{'-':>10}"
         ms = f"{row.timing.median_ms:9.3f}" if row.timing else f"{'-':>9}"
@@ -85,14 +84,14 @@ def cosine_rows(deploy, images: torch.Tensor) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     with torch.inference_mode():
-        ref = bench._deploy_on_gpu(deploy, torch.float32)(images).float()
+        ref = throughput._deploy_on_gpu(deploy, torch.float32)(images).float()
         result = {}
         for precision in ("fp16", "bf16"):
-            dtype = bench.DTYPES[precision]
+            dtype = throughput.DTYPES[precision]
             paths = {"ours triton": lambda: optimize_for_cuda(deploy, dtype)(images.to(dtype)),
                      "ours triton, fp32 input": lambda: optimize_for_cuda(deploy, dtype)(images),
                      "ours torch-ops": lambda: optimize_for_cuda(deploy, dtype, kernels="torch")(images.to(dtype)),
-                     "deploy form": lambda: bench._deploy_on_gpu(deploy, dtype)(images.to(dtype))}
+                     "deploy form": lambda: throughput._deploy_on_gpu(deploy, dtype)(images.to(dtype))}
             for name, fn in paths.items():
                 out = fn().float()
                 cos = torch.nn.functional.cosine_similarity(out, ref, dim=1)
@@ -132,14 +131,14 @@ def main() -> None:
     report.data["machine"] = machine()
     report.data["command"] = " ".join(sys.argv)
     report.log(f"machine: {report.data['machine']}")
-    reference = randomize_(create_model(args.model))
+    reference = randomized_model(args.model)
     deploy = reparameterize(reference, reference.manifest.input_size)
     model = f"EfficientViM-{args.model.upper()}"
     overrides = load_overrides(args.overrides) if args.overrides else None
     batches = tuple(int(b) for b in args.batches.split(","))
 
-    paths = tuple(p for p in bench.PATHS if p != "deploy compile")
-    rows = bench.run(deploy, batches=batches, paths=paths, rounds=args.rounds, overrides=overrides, model_name=model,
+    paths = tuple(p for p in throughput.PATHS if p != "deploy compile")
+    rows = throughput.run(deploy, batches=batches, paths=paths, rounds=args.rounds, overrides=overrides, model_name=model,
                      log=report.log)
     report.data["rows"] = [r.to_dict() for r in rows]
     report.log("\n".join(table(rows, model)))
@@ -181,26 +180,26 @@ def section_numerics(report: Report, deploy) -> None:
 
 
 def section_compile(report: Report, deploy, model: str, rounds: int, overrides) -> None:
-    rows = bench.run(deploy, batches=(1024,), precisions=("fp16",), paths=("deploy compile", "ours triton"),
+    rows = throughput.run(deploy, batches=(1024,), precisions=("fp16",), paths=("deploy compile", "ours triton"),
                      peers={}, rounds=rounds, overrides=overrides, model_name=model, log=report.log)
     report.data["compile_rows"] = [r.to_dict() for r in rows]
     report.log("\n".join(table(rows, model)))
 
 
-def summary(rows: list[bench.GpuRow], model: str) -> str:
-    ours = bench.best([r for r in rows if r.path == OURS], model, 1024)
+def summary(rows: list[throughput.GpuRow], model: str) -> str:
+    ours = throughput.best([r for r in rows if r.path == OURS], model, 1024)
     if ours is None:
         return "no measurement of ours at batch 1024 fp16"
     compile_note = f" (of which parallel kernel compile {ours.compile_s:.1f} s)" if ours.compile_s is not None else ""
     lines = [f"ACCEPTANCE {model} fp16 batch 1024 ({OURS}): {ours.images_per_s:,.0f} img/s, "
              f"{ours.timing.median_ms:.3f} ms/batch, warm-up {ours.warmup_s:.1f} s{compile_note}"]
-    for peer in bench.PEERS:
-        best = bench.best(rows, peer, 1024)
+    for peer in throughput.PEERS:
+        best = throughput.best(rows, peer, 1024)
         if best:
             lines.append(f"  {peer}: {best.images_per_s:,.0f} img/s ({best.path}); ours / peer = "
                          f"{ours.images_per_s / best.images_per_s:.2f}x")
     for path in ("deploy graph", "deploy graph channels-last", "deploy eager", "ours torch-ops + graph"):
-        other = bench.best([r for r in rows if r.path == path], model, 1024)
+        other = throughput.best([r for r in rows if r.path == path], model, 1024)
         if other:
             lines.append(f"  {model} {path}: {other.images_per_s:,.0f} img/s; ours / it = "
                          f"{ours.images_per_s / other.images_per_s:.2f}x")
@@ -258,14 +257,14 @@ def section_sweep(report: Report, deploy, model: str, budget: float, shapes: int
 def section_headline(report: Report, deploy, model: str, overrides, tuned) -> None:
     """Batch 1024 fp16 again, interleaved: ours (as run above, and with the swept block sizes) and every peer."""
     x = torch.randn(1024, 3, *deploy.input_size, device="cuda", dtype=torch.float16)
-    cand = bench.Candidates(1024, report.log)
+    cand = throughput.Candidates(1024, report.log)
     for name, cfg in ((model, overrides), (model + " tuned", tuned)):
-        cand.add(name, OURS, "fp16", lambda: bench.captured(
+        cand.add(name, OURS, "fp16", lambda: throughput.captured(
             lambda: optimize_for_cuda(deploy, torch.float16, cuda_graphs=False, overrides=cfg), x))
-    for peer, timm_name in bench.PEERS.items():
+    for peer, timm_name in throughput.PEERS.items():
         for channels_last in (False, True):
-            cand.add(peer, "peer graph" + (" channels-last" if channels_last else ""), "fp16", lambda: bench.captured(
-                lambda: bench._timm_peer(timm_name, torch.float16, channels_last),
+            cand.add(peer, "peer graph" + (" channels-last" if channels_last else ""), "fp16", lambda: throughput.captured(
+                lambda: throughput._timm_peer(timm_name, torch.float16, channels_last),
                 x.contiguous(memory_format=torch.channels_last) if channels_last else x))
     rows = cand.measure(8)
     report.data["headline_rows"] = [r.to_dict() for r in rows]

@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/sensitivity.py [--models fixture m1] [--target onnx] [--samples 64]
 
-* ``fixture``: ``tiny`` trained on digits (``tests/fixtures``), calibrated on its calibration folder
-  (training images); the same ranking as ``evim-deploy quantize-report --model tiny --checkpoint
-  tests/fixtures/tiny_digits.pth --calib DIR``.
+* ``fixture``: ``tiny`` trained on digits (``evim_deploy.testing.train_fixture``), calibrated on its
+  calibration folder (training images); the same ranking as ``evim-deploy quantize-report --model tiny
+  --checkpoint evim_deploy/testing/tiny_digits.pth --calib DIR``.
 * ``m1``: M1 at 224x224 with random weights and randomized BatchNorm statistics, gates, ``A``, ``D``
-  (``evim_deploy.model.randomize``, as the tests use), calibrated on the photos bundled with
+  (``evim_deploy.testing.randomized_model``, as the tests use), calibrated on the photos bundled with
   scikit-image (real images, offline).
 
 Every score is a real exported file run in its runtime: per group, the logits cosine and top-1
@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evim_deploy.calibration import load_calibration  # noqa: E402
-from evim_deploy.model import create_model, reparameterize  # noqa: E402
-from evim_deploy.model.randomize import randomize_  # noqa: E402
-from evim_deploy.quantize_report import Scorer, plot_ranking, sensitivity, write_json  # noqa: E402
-from tests.fixtures.train_fixture import CHECKPOINT, LABELS_FILE, write_image_folders  # noqa: E402
+from evim_deploy.calibration import load_calibration
+from evim_deploy.model import reparameterize
+from evim_deploy.quantize.sensitivity import Scorer, plot_ranking, sensitivity, write_json
+from evim_deploy.testing import randomized_model
+from evim_deploy.testing.train_fixture import trained_model, write_image_folders
 
 
 def scikit_image_photos() -> Path:
@@ -40,9 +38,8 @@ def scikit_image_photos() -> Path:
 def subject(name: str, out: Path):
     """(deploy model, calibration folder) for ``fixture`` or ``m1``."""
     if name == "fixture":
-        model = create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
-        return reparameterize(model, (64, 64)), write_image_folders(out / "digits")["calib"]
-    model = randomize_(create_model(name), seed=0)
+        return reparameterize(trained_model(), (64, 64)), write_image_folders(out / "digits")["calib"]
+    model = randomized_model(name)
     return reparameterize(model, model.manifest.input_size), scikit_image_photos()
 
 
@@ -55,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["alone", "keep"])
     parser.add_argument("--out", type=Path, default=Path("out/sensitivity"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--all-int8", action="store_true", help="exporter float policy off (keep_float=()): "
+    parser.add_argument("--all-int8", action="store_true", help="exporter float policy off (float_groups=()): "
                         "every group's own sensitivity, not only what the default export still quantizes")
     args = parser.parse_args(argv)
-    policy = {"keep_float": ()} if args.all_int8 else {}
+    policy = {"base_float_groups": ()} if args.all_int8 else {}
     suffix = "_all_int8" if args.all_int8 else ""
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 
 Each file goes through the public API (``export`` then ``load`` + ``verify``, as ``evim-deploy export
 --target tflite`` does) at the variant's own resolution, NHWC. INT8 is calibrated on ``--calib`` (default:
-scikit-image's photos other than the four verify judges on, see ``bench/photos.py``). ``--reference-kernels``
+scikit-image's photos other than the four verify judges on, see ``evim_deploy.testing.photos``). ``--reference-kernels``
 adds, for INT8, the cosine between XNNPACK and TFLite's reference kernels. Prints one row per file; exit status 1 if any file misses
 ``verify``'s cosine / max|Δ| bound (top-1 agreement of INT8 on random weights is printed, see
 docs/tflite.md).
@@ -22,36 +22,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-
-from evim_deploy.calibration import load_calibration  # noqa: E402
-from evim_deploy.export import export  # noqa: E402
-from evim_deploy.model import create_model, get_variant, reparameterize  # noqa: E402
-from evim_deploy.model.randomize import randomize_  # noqa: E402
-from evim_deploy.runtime import load  # noqa: E402
-from evim_deploy.verify import Metrics, verification_inputs, verify  # noqa: E402
-from photos import disjoint_calibration_photos  # noqa: E402
+from evim_deploy.calibration import load_calibration
+from evim_deploy.model import get_variant, reparameterize
+from evim_deploy.targets import export, load
+from evim_deploy.testing import disjoint_calibration_photos, randomized_model
+from evim_deploy.verify import Metrics, verification_inputs, verify
 
 
 def run_one(variant: str, precision: str, calib_dir: Path, workdir: Path, reference_kernels: bool) -> dict:
-    reference = randomize_(create_model(variant))
+    reference = randomized_model(variant)
     deploy = reparameterize(reference, get_variant(variant).input_size)
     calibration = load_calibration(calib_dir, deploy.manifest) if precision == "int8" else None
     start = time.perf_counter()
     path = export(deploy, "tflite", workdir / f"{variant}_{precision}.tflite", precision, calibration, force=True)
     row = {"variant": variant, "precision": precision, "size": list(deploy.input_size),
            "export_s": round(time.perf_counter() - start, 1), "mb": round(path.stat().st_size / 1e6, 2)}
-    with load(path, threads=2) as backend:
-        report = verify(backend, reference)
+    with load(path, threads=2) as runtime:
+        report = verify(runtime, reference)
         row["metrics"] = {name: {"max_abs": m.max_abs, "cosine": m.cosine, "top1": m.top1, "margin": m.margin,
                                  "noise": m.noise}
                           for name, m in report.metrics.items()}
         row["failures"] = report.failures
         if precision == "int8" and reference_kernels:
-            x = np.concatenate(list(verification_inputs(backend.manifest).values()))
+            x = np.concatenate(list(verification_inputs(runtime.manifest).values()))
             with load(path, reference_kernels=True) as slow:
-                row["xnnpack_vs_reference_cosine"] = Metrics.compare(slow.run_nchw(x), backend.run_nchw(x)).cosine
+                row["xnnpack_vs_reference_cosine"] = Metrics.compare(slow.run_nchw(x), runtime.run_nchw(x)).cosine
     row["bound_failures"] = [f for f in report.failures if "top-1" not in f or precision != "int8"]
     return row
 

@@ -1,7 +1,11 @@
-"""One rich console for progress bars, tables and warnings (stderr keeps stdout clean for data)."""
+"""One rich console for progress bars, tables and warnings (stderr keeps stdout clean for data), and the
+one switch that keeps third-party chatter off the terminal."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+import io
+import logging
+import warnings
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
@@ -15,6 +19,22 @@ T = TypeVar("T")
 
 def warn(message: str) -> None:
     console.print(f"WARNING: {message}", style="bold yellow")
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Third-party libraries' prints, progress bars, warnings and log records below ERROR are dropped
+    inside the block (converters print trees, sizes and per-tensor warnings; evim-deploy reports its own
+    summary). Exceptions still propagate."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    sink = io.StringIO()
+    try:
+        with redirect_stdout(sink), redirect_stderr(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 @contextmanager

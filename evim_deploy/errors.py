@@ -21,14 +21,14 @@ class CheckpointError(EvimError):
 
 
 class MissingExtraError(EvimError):
-    """An optional backend whose extra is not installed."""
+    """An optional target whose extra is not installed."""
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(f"{package} is not installed", f"run: pip install 'evim-deploy[{extra}]'")
 
 
-class BackendUnavailableError(EvimError):
-    """A backend that cannot run on this platform (e.g. Core ML prediction off macOS)."""
+class TargetUnavailableError(EvimError):
+    """A target that cannot run on this platform (e.g. Core ML prediction off macOS)."""
 
 
 class VerificationError(EvimError):

@@ -175,10 +175,10 @@ def evaluate(predict: Predict, manifest: Manifest, data: str | Path, label_map: 
 
 def evaluate_file(path: str | Path, data: str | Path, label_map: str | Path | None = None,
                   threads: int | None = None, limit: int | None = None) -> EvalResult:
-    """Accuracy of an exported file (any backend ``runtime.load`` opens)."""
-    from .runtime import load
-    with load(path, threads=threads) as backend:
-        return evaluate(backend.run_nchw, backend.manifest, data, label_map, limit=limit, name=Path(path).name)
+    """Accuracy of an exported file (of any target :func:`~evim_deploy.targets.load` opens)."""
+    from .targets import load
+    with load(path, threads=threads) as runtime:
+        return evaluate(runtime.run_nchw, runtime.manifest, data, label_map, limit=limit, name=Path(path).name)
 
 
 def evaluate_reference(model, data: str | Path, label_map: str | Path | None = None,

@@ -62,7 +62,7 @@ class Manifest:
     source_sha256: str | None = None
     seed: int | None = None  # random-init seed when there was no checkpoint (lets verify rebuild the weights)
     precision: str = "fp32"
-    target: str = "torch"
+    target: str = "reference"  # the exporter sets its target; "reference" is the in-memory PyTorch model
     evim_deploy_version: str = field(default_factory=_version)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -9,7 +9,7 @@ import torch
 
 from .manifest import Manifest
 from .preprocess import list_images, preprocess
-from .runtime.base import Backend
+from .runtime import Runtime
 
 # Per precision: the bounds a file must meet. max_abs on logits; cosine is the mean per-image cosine.
 THRESHOLDS: dict[str, dict[str, float]] = {
@@ -143,14 +143,15 @@ def reference_logits(reference: torch.nn.Module, x: np.ndarray, batch: int = 16)
                            for i in range(0, len(x), batch)])
 
 
-def verify(backend: Backend, reference: torch.nn.Module, images: str | Path | None = None, random_inputs: int = 8,
+def verify(runtime: Runtime, reference: torch.nn.Module, images: str | Path | None = None, random_inputs: int = 8,
            seed: int = 0, trained: bool = False, bounds: dict[str, float] | None = None) -> VerifyReport:
-    """Run ``backend`` and ``reference`` on the same inputs and judge the file by its precision's bounds."""
-    manifest = backend.manifest
+    """Run ``runtime`` (an opened file) and ``reference`` on the same inputs and judge the file by its
+    precision's bounds."""
+    manifest = runtime.manifest
     bounds = bounds or thresholds_for(manifest, trained)
-    report = VerifyReport(str(backend.path), manifest.precision, bounds)
+    report = VerifyReport(str(runtime.path), manifest.precision, bounds)
     for name, x in verification_inputs(manifest, images, random_inputs, seed).items():
-        metrics = Metrics.compare(reference_logits(reference, x), backend.run_nchw(x))
+        metrics = Metrics.compare(reference_logits(reference, x), runtime.run_nchw(x))
         report.metrics[name] = metrics
         if not (trained and name == "random" and manifest.precision in QUANTIZED):
             report.failures += check(metrics, bounds, name)

@@ -1,59 +1,48 @@
-"""Shared fixtures: small randomized models and their deploy forms, and the trained fixture with its digit
-folders, cached per session."""
+"""Shared fixtures: the in-process CLI, real photos, and the trained fixture with its digit folders (cached per
+session). Randomized models come from :mod:`evim_deploy.testing`, which the ``bench/`` scripts use too."""
 from __future__ import annotations
 
-import functools
+from typing import Callable
 
 import pytest
 import torch
 
-from evim_deploy.model import create_model, reparameterize
-from evim_deploy.model.randomize import randomize_
+from evim_deploy.model import reparameterize
+from evim_deploy.testing import write_photos
+from evim_deploy.testing.train_fixture import trained_model, write_image_folders
 
 torch.set_num_threads(2)
 
 
-@functools.lru_cache(maxsize=None)
-def randomized_model(variant: str = "m1", seed: int = 0, num_classes: int = 1000):
-    """A reference model whose BN stats, gates, A, D and fusion weights are all random."""
-    return randomize_(create_model(variant, num_classes=num_classes, seed=seed), seed)
-
-
-@functools.lru_cache(maxsize=None)
-def deploy_model(variant: str = "m1", size: tuple[int, int] = (224, 224), seed: int = 0):
-    return reparameterize(randomized_model(variant, seed), size)
-
-
 @pytest.fixture
-def m1():
-    return randomized_model("m1")
-
-
-@pytest.fixture
-def m1_deploy():
-    return deploy_model("m1")
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+def cli(capsys) -> Callable[..., tuple[int, str, str]]:
+    """Run the CLI in-process: ``cli(*argv)`` returns (exit code, stdout, stderr)."""
     from evim_deploy.cli import main
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+
+    def run(*argv) -> tuple[int, str, str]:
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory):
+    """scikit-image's photos in nested folders and mixed formats (:func:`evim_deploy.testing.write_photos`)."""
+    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
-    """The trained fixture's digit folders: ``train``, ``heldout`` (ImageNet-val layout) and ``calib``."""
-    from fixtures.train_fixture import write_image_folders
+    """The trained fixture's digit folders: ``heldout`` (ImageNet-val layout) and ``calib``."""
     return write_image_folders(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="session")
 def trained():
-    """EfficientViM ``tiny`` with the committed checkpoint trained on digits (tests/fixtures)."""
-    from fixtures.train_fixture import CHECKPOINT, LABELS_FILE
-    return create_model("tiny", CHECKPOINT, labels=LABELS_FILE)
+    """EfficientViM ``tiny`` with the committed checkpoint trained on digits (evim_deploy.testing)."""
+    return trained_model()
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from evim_deploy.benchmark import Timing, measure, percentile
 from evim_deploy.benchmark import adb, report, runner
 from evim_deploy.benchmark.machine import machine_info
 from evim_deploy.errors import UsageError
+from evim_deploy.targets import export, get_target
 
 DATA = Path(__file__).parent / "data"
 
@@ -40,8 +40,8 @@ def test_measure_counts_warmup_and_iterations():
     assert len(calls) == 10 and t.samples == 7
 
 
-def _row(backend, precision, size, ms, ok=True):
-    row = runner.BenchRow(backend, precision, (size, size), 2, 1, status="ok" if ok else "needs macOS")
+def _row(target, precision, size, ms, ok=True):
+    row = runner.BenchRow(target, precision, (size, size), 2, 1, status="ok" if ok else "needs macOS")
     if ok:
         row.timing = Timing.from_seconds([ms / 1e3 * f for f in (0.9, 1.0, 1.1)])
         row.load_ms, row.first_ms, row.peak_rss_mb, row.file_mb = 50.0, 9.0, 300.0, 26.7
@@ -68,7 +68,7 @@ def test_report_writers(rows, tmp_path):
     assert data["rows"][4]["status"] == "needs macOS" and data["rows"][4]["timing"] is None
     report.write_csv(tmp_path / "b.csv", rows)
     table = list(csv.reader((tmp_path / "b.csv").open()))
-    assert table[0][0] == "backend" and table[4][-2] == "1.00" and table[1][-2] == "2.00"  # fp32 = 2x int8
+    assert table[0][0] == "target" and table[4][-2] == "1.00" and table[1][-2] == "2.00"  # fp32 = 2x int8
     assert "needs macOS" in table[5]
     md = report.markdown(rows, machine)
     assert md.count("\n| onnx") == 4 and "Slope" in md
@@ -79,7 +79,7 @@ def test_report_writers(rows, tmp_path):
 def test_plan_sweeps_resolution_only_for_sweep_targets():
     config = runner.BenchConfig(targets=["onnx", "tflite"], precisions=["fp32", "int8"], resolutions=[224, 512],
                                 threads=[1, 2])
-    planned = [(r.backend, r.precision, r.resolution[0], r.threads) for r in runner.plan(config)]
+    planned = [(r.target, r.precision, r.resolution[0], r.threads) for r in runner.plan(config)]
     assert ("onnx", "fp32", 512, 2) in planned and ("onnx", "int8", 512, 2) not in planned
     assert ("tflite", "fp32", 512, 1) not in planned and ("tflite", "int8", 224, 1) in planned
     assert len(planned) == 10
@@ -87,8 +87,7 @@ def test_plan_sweeps_resolution_only_for_sweep_targets():
 
 def test_coreml_row_says_needs_macos_on_linux():
     import platform
-    spec = runner.get_backend("coreml")
-    reason = runner.unavailable_reason(spec)
+    reason = get_target("coreml").unavailable_reason()
     if platform.system() == "Darwin":
         assert reason is None or "not installed" in reason
     else:
@@ -137,19 +136,19 @@ def test_adb_failures_are_one_line_errors(tmp_path):
         adb.run_on_device(model, "usb")
 
 
-def test_bench_cli_on_an_onnx_file(capsys, tmp_path):
-    from evim_deploy import create_model, export, reparameterize
+def test_bench_cli_on_an_onnx_file(cli, tmp_path):
+    from evim_deploy import create_model, reparameterize
     path = export(reparameterize(create_model("m1"), (64, 64)), target="onnx", output=tmp_path / "m1.onnx")
-    code, _, err = run_cli(capsys, "bench", path, "--iterations", "3", "--warmup", "1", "--workdir", tmp_path,
+    code, _, err = cli("bench", path, "--iterations", "3", "--warmup", "1", "--workdir", tmp_path,
                            "--csv", tmp_path / "b.csv", "--markdown", tmp_path / "b.md")
     assert code == 0, err
     data = json.loads((tmp_path / "bench.json").read_text())
     (row,) = data["rows"]
-    assert row["status"] == "ok" and row["backend"] == "onnx" and row["resolution"] == [64, 64]
+    assert row["status"] == "ok" and row["target"] == "onnx" and row["resolution"] == [64, 64]
     assert row["timing"]["samples"] == 3 and row["peak_rss_mb"] > 10 and row["load_ms"] > 0
     assert (tmp_path / "bench.png").exists() and "| onnx" in (tmp_path / "b.md").read_text()
 
 
-def test_bench_cli_missing_file(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "bench", tmp_path / "nope.onnx")
+def test_bench_cli_missing_file(cli, tmp_path):
+    code, _, err = cli("bench", tmp_path / "nope.onnx")
     assert code == 2 and "not found" in err

@@ -7,11 +7,12 @@ import re
 
 import pytest
 
-from evim_deploy.runtime import load
-from fixtures.train_fixture import CHECKPOINT, LABELS_FILE
+from evim_deploy.targets import load
+from evim_deploy.testing.train_fixture import CHECKPOINT, LABELS_FILE
 
 pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
+pytestmark = pytest.mark.slow  # six exports and verifies
 
 
 @pytest.fixture(scope="module")

@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import run_cli
 from evim_deploy.calibration import CalibrationSet, load_calibration, resolve_calibration, synthetic_calibration
 from evim_deploy.errors import UsageError
 from evim_deploy.export.onnx_int8 import _safe_histogram_collector, calibration_reader
 from evim_deploy.manifest import Manifest
+from evim_deploy.targets import load
+from evim_deploy.testing.photos import PHOTOS
 
 MANIFEST = Manifest("m1", 10, (64, 96), [str(i) for i in range(10)])
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "immunohistochemistry", "logo")
-
-
-def write_photos(root):
-    """Real photos from scikit-image's bundled data (no download), in nested folders and mixed formats."""
-    import skimage.data
-    for i, name in enumerate(PHOTOS):
-        folder = root / ("a" if i % 2 else "b/c")
-        folder.mkdir(parents=True, exist_ok=True)
-        image = Image.fromarray(getattr(skimage.data, name)())
-        suffix = "png" if image.mode == "RGBA" else ("jpg", "png", "webp", "bmp")[i % 4]
-        image.save(folder / f"{name}.{suffix}")
-    return root
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 def test_folder_is_read_recursively_in_every_format(photo_dir):
@@ -129,12 +111,11 @@ def test_percentile_clips_rare_outliers_and_keeps_the_sign():
     assert -10 < float(low) < -3 and 3 < float(high) < 10
 
 
-def test_cli_percentile_export_of_a_small_model(tmp_path, capsys, photo_dir):
+def test_cli_percentile_export_of_a_small_model(tmp_path, cli, photo_dir):
     out = tmp_path / "p.onnx"
-    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64", "--precision", "int8",
+    code, _, err = cli("export", "--target", "onnx", "--resolution", "64", "--precision", "int8",
                            "--calib", photo_dir, "--calib-method", "percentile", "--output", out, "--no-verify")
     assert code == 0, err
-    from evim_deploy.runtime import load
     with load(out) as backend:
         assert backend.manifest.extra["calib_method"] == "percentile"
         assert np.isfinite(backend.predict(np.zeros((1, 3, 64, 64), np.float32))).all()

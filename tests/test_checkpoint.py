@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import randomized_model, run_cli
 from evim_deploy.errors import CheckpointError
 from evim_deploy.model import create_model
+from evim_deploy.testing import randomized_model
 
 X = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
 
@@ -72,23 +72,23 @@ def _assert_one_line_error(code, err, *needles):
         assert needle in text, text
 
 
-def test_missing_checkpoint(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "info", "--checkpoint", tmp_path / "nope.pth")
+def test_missing_checkpoint(cli, tmp_path):
+    code, _, err = cli("info", "--checkpoint", tmp_path / "nope.pth")
     _assert_one_line_error(code, err, "checkpoint not found")
 
 
-def test_truncated_checkpoint(capsys, tmp_path, state):
+def test_truncated_checkpoint(cli, tmp_path, state):
     path = tmp_path / "cut.pth"
     torch.save(state, path)
     path.write_bytes(path.read_bytes()[:5000])
-    code, _, err = run_cli(capsys, "info", "--checkpoint", path)
+    code, _, err = cli("info", "--checkpoint", path)
     _assert_one_line_error(code, err, "truncated or corrupt", "re-download")
 
 
-def test_corrupt_checkpoint(capsys, tmp_path):
+def test_corrupt_checkpoint(cli, tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"this is not a checkpoint" * 100)
-    code, _, err = run_cli(capsys, "info", "--checkpoint", path)
+    code, _, err = cli("info", "--checkpoint", path)
     _assert_one_line_error(code, err, "corrupt")
 
 
@@ -98,28 +98,28 @@ class _Exploit:
         return os.system, ("touch /tmp/evim_pwned",)
 
 
-def test_pickle_that_would_run_code_is_refused(capsys, tmp_path):
+def test_pickle_that_would_run_code_is_refused(cli, tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"model": _Exploit()}, f)
     torch.save({"model": {"x": _Exploit()}}, tmp_path / "evil2.pth")
     for p in (path, tmp_path / "evil2.pth"):
-        code, _, err = run_cli(capsys, "info", "--checkpoint", p)
+        code, _, err = cli("info", "--checkpoint", p)
         assert code == 2 and "Traceback" not in err
         assert "refused" in err or "corrupt" in err
     import os
     assert not os.path.exists("/tmp/evim_pwned")
 
 
-def test_wrong_variant_names_the_likely_one(capsys, tmp_path):
+def test_wrong_variant_names_the_likely_one(cli, tmp_path):
     torch.save(create_model("m2").state_dict(), tmp_path / "m2.pth")
-    code, _, err = run_cli(capsys, "info", "--model", "m1", "--checkpoint", tmp_path / "m2.pth")
+    code, _, err = cli("info", "--model", "m1", "--checkpoint", tmp_path / "m2.pth")
     _assert_one_line_error(code, err, "does not fit m1", "--model m2")
 
 
-def test_wrong_num_classes(capsys, tmp_path):
+def test_wrong_num_classes(cli, tmp_path):
     torch.save(create_model("m1", num_classes=10).state_dict(), tmp_path / "c10.pth")
-    code, _, err = run_cli(capsys, "info", "--checkpoint", tmp_path / "c10.pth", "--num-classes", "1000")
+    code, _, err = cli("info", "--checkpoint", tmp_path / "c10.pth", "--num-classes", "1000")
     _assert_one_line_error(code, err, "10 classes", "--num-classes")
 
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
 from evim_deploy.errors import UsageError
 from evim_deploy.model import parse_resolution
 
 
-def test_info_prints_params_macs_and_parity(capsys):
-    code, out, _ = run_cli(capsys, "info", "--model", "m1", "--resolution", "192x320")
+def test_info_prints_params_macs_and_parity(cli):
+    code, out, _ = cli("info", "--model", "m1", "--resolution", "192x320")
     assert code == 0
     assert "6,679,458" in out and "192x320" in out and "bicubic" in out
     parity = float(out.split("max|Δlogit| ")[1].split(",")[0])
@@ -28,6 +27,6 @@ def test_bad_resolution_is_refused_with_the_minimum(text):
     assert "use" in str(info.value)
 
 
-def test_unknown_variant(capsys):
-    code, _, err = run_cli(capsys, "info", "--model", "m9")
+def test_unknown_variant(cli):
+    code, _, err = cli("info", "--model", "m9")
     assert code == 2 and "unknown model variant" in err and "m1" in err

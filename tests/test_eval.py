@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
 from evim_deploy.errors import UsageError
 from evim_deploy.evaluate import class_indices, evaluate, labelled_images, topk_accuracy
 from evim_deploy.manifest import Manifest
@@ -104,19 +103,19 @@ def colour_data(tmp_path_factory):
     return _folder(tmp_path_factory.mktemp("eval") / "data", {"0": 3, "1": 3})
 
 
-def test_cli_eval_of_reference_and_of_its_onnx_file_agree(tmp_path, capsys, colour_data):
+def test_cli_eval_of_reference_and_of_its_onnx_file_agree(tmp_path, cli, colour_data):
     labels = tmp_path / "labels.txt"
     labels.write_text("0\n1\n")
     model_args = ["--model", "tiny", "--num-classes", "2", "--labels", labels, "--seed", "3"]
-    code, out, _ = run_cli(capsys, "eval", "--data", colour_data, "--json", tmp_path / "ref.json", *model_args)
+    code, out, _ = cli("eval", "--data", colour_data, "--json", tmp_path / "ref.json", *model_args)
     assert code == 0 and "top-1" in out
     ref = json.loads((tmp_path / "ref.json").read_text())
     assert ref["samples"] == 6 and ref["mapping"] == "folder name = manifest label"
 
     onnx_file = tmp_path / "tiny.onnx"
-    code, _, _ = run_cli(capsys, "export", "--target", "onnx", "--output", onnx_file, "--no-verify", *model_args)
+    code, _, _ = cli("export", "--target", "onnx", "--output", onnx_file, "--no-verify", *model_args)
     assert code == 0
-    code, out, _ = run_cli(capsys, "eval", onnx_file, "--data", colour_data, "--agreement",
+    code, out, _ = cli("eval", onnx_file, "--data", colour_data, "--agreement",
                            "--json", tmp_path / "file.json")
     assert code == 0
     result = json.loads((tmp_path / "file.json").read_text())
@@ -124,7 +123,7 @@ def test_cli_eval_of_reference_and_of_its_onnx_file_agree(tmp_path, capsys, colo
     assert result["agreement"]["top1"] == 1.0 and result["agreement"]["cosine"] > 0.99999
 
 
-def test_cli_eval_refuses_folders_that_fit_no_label(tmp_path, capsys):
+def test_cli_eval_refuses_folders_that_fit_no_label(tmp_path, cli):
     data = _folder(tmp_path / "data", {"cat": 1, "dog": 1, "fox": 1})
-    code, _, err = run_cli(capsys, "eval", "--model", "tiny", "--num-classes", "10", "--data", data)
+    code, _, err = cli("eval", "--model", "tiny", "--num-classes", "10", "--data", data)
     assert code == 2 and "--label-map" in err

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import torch
 
-from conftest import run_cli
 from evim_deploy.evaluate import evaluate_reference
 from evim_deploy.model import reparameterize
+from evim_deploy.testing.train_fixture import (CHECKPOINT, LABELS, LABELS_FILE, STATED_ACCURACY, accuracy,
+                                               load_split, train)
 from evim_deploy.verify import Metrics
-from fixtures.train_fixture import CHECKPOINT, LABELS, LABELS_FILE, STATED_ACCURACY, accuracy, train
 
 
 def test_checkpoint_is_a_small_official_envelope():
@@ -48,20 +51,26 @@ def _preprocessed(path, model):
     return preprocess(path, model.manifest)
 
 
-def test_cli_runs_the_pipeline_on_the_fixture(tmp_path, capsys, digits):
+def test_cli_runs_the_pipeline_on_the_fixture(tmp_path, cli, digits):
     model_args = ["--model", "tiny", "--checkpoint", CHECKPOINT, "--labels", LABELS_FILE]
-    code, out, _ = run_cli(capsys, "info", *model_args)
+    code, out, _ = cli("info", *model_args)
     assert code == 0 and "10 (0, 1, ...)" in out
     onnx_file = tmp_path / "tiny.onnx"
-    assert run_cli(capsys, "export", "--target", "onnx", "--output", onnx_file, *model_args)[0] == 0
-    code, _, _ = run_cli(capsys, "eval", onnx_file, "--data", digits["heldout"], "--agreement",
+    assert cli("export", "--target", "onnx", "--output", onnx_file, *model_args)[0] == 0
+    code, _, _ = cli("eval", onnx_file, "--data", digits["heldout"], "--agreement",
                          "--checkpoint", CHECKPOINT, "--json", tmp_path / "eval.json")
     result = json.loads((tmp_path / "eval.json").read_text())
     assert code == 0 and result["top1"] >= STATED_ACCURACY and result["agreement"]["top1"] == 1.0
 
 
+@pytest.mark.slow
 def test_training_script_learns_the_digits(digits):
     """Eight epochs on the 512 calibration images: far above chance (10%); the full run reaches 99.4%."""
     model = train(digits["calib"], epochs=8)
-    from fixtures.train_fixture import _preprocessed as load_split
     assert accuracy(model, *load_split(digits["heldout"], model.manifest)) >= 0.75
+
+
+def test_training_script_runs_as_a_module_of_the_installed_package(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "evim_deploy.testing.train_fixture", "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--images" in result.stdout and not result.stderr, result.stderr

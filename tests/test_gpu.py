@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import deploy_model
-from evim_deploy.errors import BackendUnavailableError, UsageError
+from evim_deploy.errors import TargetUnavailableError, UsageError
 from evim_deploy.gpu import for_device, optimize_for_cuda
 from evim_deploy.gpu import ops_torch
 from evim_deploy.gpu.model import PlanModel
 from evim_deploy.gpu.plan import build_plan
+from evim_deploy.testing import deploy_model
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
@@ -98,9 +98,9 @@ def test_for_device_cpu_is_the_plain_deploy_form():
 @pytest.mark.skipif(HAS_CUDA, reason="checks the error raised where CUDA is missing; this machine has CUDA")
 def test_cuda_asked_without_cuda_is_one_clear_error():
     deploy = deploy_model("m1", (64, 64))
-    with pytest.raises(BackendUnavailableError, match="CUDA is not available"):
+    with pytest.raises(TargetUnavailableError, match="CUDA is not available"):
         for_device(deploy, "cuda")
-    with pytest.raises(BackendUnavailableError, match="CUDA is not available"):
+    with pytest.raises(TargetUnavailableError, match="CUDA is not available"):
         optimize_for_cuda(deploy)
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import deploy_model, randomized_model
 from evim_deploy.model import VARIANTS, count_macs, count_params, create_model, reparameterize
 from evim_deploy.model.deploy import DeployEfficientViM
+from evim_deploy.testing import deploy_model, randomized_model
 
 ALL_VARIANTS = list(VARIANTS)
 

@@ -10,26 +10,21 @@ import onnx
 import pytest
 import torch
 
-from conftest import deploy_model, randomized_model, run_cli
 from evim_deploy.calibration import CalibrationSet, load_calibration
 from evim_deploy.errors import UsageError
-from evim_deploy.export import export
 from evim_deploy.export import onnx as onnx_export
-from evim_deploy.export.onnx_int8 import DEFAULT_FLOAT_GROUPS, FLOAT_GROUPS, float_nodes
-from evim_deploy.manifest import Manifest
+from evim_deploy.export.onnx import DEFAULT_FLOAT_GROUPS
+from evim_deploy.export.onnx_int8 import NODE_PATTERNS, nodes_in_named_groups, quantize
+from evim_deploy.formats import onnx as onnx_format
 from evim_deploy.model import VARIANTS, reparameterize
-from evim_deploy.runtime import load
-from evim_deploy.runtime.onnx import OnnxBackend, profile_by_op
+from evim_deploy.runtime.onnx import OnnxRuntime, profile_by_op
+from evim_deploy.targets import export, load
+from evim_deploy.testing import deploy_model, randomized_model
 from evim_deploy.verify import verify
-from test_calibration import write_photos
 
 PAPER_VARIANTS = [name for name in VARIANTS if name.removesuffix("_dist") in ("m1", "m2", "m3", "m4")]
+FAST_VARIANT = "m1"  # the others run in the slow tier
 NON_SQUARE = (160, 288)
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +55,8 @@ def _int8_weight_scales(path) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ fp32 / fp16
 @pytest.mark.parametrize("size", [(224, 224), NON_SQUARE], ids=["224x224", "160x288"])
-@pytest.mark.parametrize("variant", PAPER_VARIANTS)
+@pytest.mark.parametrize("variant", [v if v == FAST_VARIANT else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in PAPER_VARIANTS])
 def test_fp32_of_every_variant_passes_verify(variant, size, tmp_path):
     reference = randomized_model(variant)
     path = export(reparameterize(reference, size), "onnx", tmp_path / f"{variant}.onnx")
@@ -82,7 +78,8 @@ def test_fp16_passes_verify(m1_files):
 
 def test_manifest_round_trips_through_metadata_props(m1_files):
     for precision, path in m1_files.items():
-        stored = Manifest.from_json(onnx_export.read_manifest_json(onnx.load(str(path), load_external_data=False)))
+        metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        stored = onnx_format.read_manifest(metadata, path)
         expected = deploy_model("m1").manifest
         assert stored.precision == precision and stored.target == "onnx"
         assert (stored.variant, stored.input_size, stored.labels, stored.mean, stored.std) == \
@@ -94,12 +91,12 @@ def test_manifest_round_trips_through_metadata_props(m1_files):
 def test_files_pass_the_full_onnx_checker_at_opset_18(m1_files):
     for path in m1_files.values():
         onnx.checker.check_model(str(path), full_check=True)
-        assert onnx_export.graph_summary(path)["opset"] == 18
+        assert onnx_format.summary(path).details["opset"] == 18
 
 
 def test_opset_17_works_and_older_is_refused(tmp_path):
     deploy = deploy_model("m1", (64, 64))
-    assert onnx_export.graph_summary(export(deploy, "onnx", tmp_path / "a.onnx", opset=17))["opset"] == 17
+    assert onnx_format.summary(export(deploy, "onnx", tmp_path / "a.onnx", opset=17)).details["opset"] == 17
     with pytest.raises(UsageError, match="opset 16 is too old"):
         export(deploy, "onnx", tmp_path / "b.onnx", opset=16)
     assert not (tmp_path / "b.onnx").exists()
@@ -141,7 +138,7 @@ def test_int8_random_weights_meets_the_cosine_bound(m1_files):
     assert extra["float_groups"] == list(DEFAULT_FLOAT_GROUPS) and "8 images" in extra["calibration"]
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", pytest.param("entropy", marks=pytest.mark.slow), "percentile"])
 def test_int8_each_calibration_method_passes_trained_verify(method, trained, digits, digits_calibration, tmp_path):
     deploy = reparameterize(trained, (64, 64))
     path = export(deploy, "onnx", tmp_path / "t.onnx", "int8", digits_calibration, calib_method=method)
@@ -178,64 +175,67 @@ def test_default_policy_quantizes_the_convolutions_and_keeps_the_mixer_float(m1_
     assert len(softmax_inputs) == 6 and "DequantizeLinear" not in softmax_inputs  # float softmax, float input
 
 
-def test_every_float_group_names_nodes_of_the_exported_graph():
-    graph = onnx_export.simplify(onnx_export.trace_to_onnx(onnx_export.ort_layout(deploy_model("m1", (64, 64)))))
-    for group in FLOAT_GROUPS:
-        assert float_nodes(graph, [group]), f"{group} matches no node: the exporter's node names changed"
-    with pytest.raises(UsageError, match="unknown node group"):
-        float_nodes(graph, ["nope"])
+def test_every_named_group_names_nodes_of_the_exported_graph():
+    deploy = deploy_model("m1", (64, 64))
+    graph = onnx_export.simplify(onnx_export.trace_to_onnx(onnx_export.ort_layout(deploy)))
+    for group in NODE_PATTERNS:
+        assert nodes_in_named_groups(graph, [group]), f"{group} matches no node: the exporter's node names changed"
+    with pytest.raises(UsageError, match="unknown float group 'nope'"):
+        quantize(graph, deploy, CalibrationSet(np.zeros((1, 3, 64, 64), np.float32), "one"), "minmax", True, ["nope"])
 
 
-def test_float_layers_and_nodes_to_exclude_add_to_the_policy(trained, digits_calibration, tmp_path):
+def test_layer_groups_add_to_the_named_groups(trained, digits_calibration, tmp_path):
     deploy = reparameterize(trained, (64, 64))
-    path = export(deploy, "onnx", tmp_path / "f.onnx", "int8", digits_calibration, float_layers=["stages.1.0.fc2"],
-                  nodes_to_exclude=["/stem/stem.1/stem.1.0/Conv"])
+    groups = [*DEFAULT_FLOAT_GROUPS, "stages.1.0.fc2", "downsamples.0"]
+    path = export(deploy, "onnx", tmp_path / "f.onnx", "int8", digits_calibration, float_groups=groups)
     int8 = set(_int8_weight_scales(path))
-    assert not any("/stages.1.0/fc2/" in n for n in int8) and "/stem/stem.1/stem.1.0/Conv" not in int8
+    assert not any("/stages.1.0/fc2/" in n or n.startswith("/downsamples.0/") for n in int8), sorted(int8)
     assert "/stem/stem.2/stem.2.0/Conv" in int8 and any("/stages.0.0/fc2/" in n for n in int8), sorted(int8)
+    assert any(n.startswith("/downsamples.1/") for n in int8), sorted(int8)
     with load(path) as backend:
-        assert backend.manifest.extra["float_layers"] == ["stages.1.0.fc2"]
+        assert backend.manifest.extra["float_groups"] == groups
 
 
-def test_empty_calibration_set_is_refused_by_the_quantizer():
-    from evim_deploy.export.onnx_int8 import quantize
-    graph = onnx_export.trace_to_onnx(deploy_model("m1", (64, 64)))
+def test_empty_calibration_set_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(UsageError, match="calibration set is empty"):
-        quantize(graph, CalibrationSet(np.zeros((0, 3, 64, 64), np.float32), "nothing"))
+        export(deploy_model("m1", (64, 64)), "onnx", tmp_path / "e.onnx", "int8",
+               CalibrationSet(np.zeros((0, 3, 64, 64), np.float32), "nothing"))
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------- profiler
 def test_profiler_reports_the_ops_and_writes_no_file_in_the_working_directory(m1_files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with OnnxBackend(m1_files["int8"], threads=1, profile=True) as backend:
+    with OnnxRuntime(m1_files["int8"], threads=1, profile=True) as backend:
         for _ in range(3):
             backend.predict(np.zeros((1, 3, 224, 224), np.float32))
         trace = backend.end_profiling()
     ops = dict((op, count) for op, _, count in profile_by_op(trace, runs=3))
     assert "QLinearConv" in ops and "Softmax" in ops and "QLinearSoftmax" not in ops
     assert list(tmp_path.iterdir()) == []
-    with OnnxBackend(m1_files["fp32"]) as plain, pytest.raises(UsageError, match="without profiling"):
+    with OnnxRuntime(m1_files["fp32"]) as plain, pytest.raises(UsageError, match="without profiling"):
         plain.end_profiling()
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-def test_cli_export_verify_predict_end_to_end(tmp_path, capsys, photo_dir):
+def test_cli_export_verify_predict_end_to_end(tmp_path, cli, photo_dir):
     out = tmp_path / "m1.onnx"
-    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64x96", "--output", out)
+    code, _, err = cli("export", "--target", "onnx", "--resolution", "64x96", "--output", out)
     text = " ".join(err.split())
     assert code == 0 and out.exists(), err
     assert "nodes" in text and "PASS" in text and "max|Δ|" in text
-    code, _, err = run_cli(capsys, "verify", out, "--images", photo_dir, "--json", tmp_path / "v.json")
+    code, _, err = cli("verify", out, "--images", photo_dir, "--json", tmp_path / "v.json")
     assert code == 0 and json.loads((tmp_path / "v.json").read_text())["passed"] is True, err
     photo = next(photo_dir.rglob("chelsea.*"))
-    code, out_text, _ = run_cli(capsys, "predict", out, photo, "--top", "5")
+    code, out_text, _ = cli("predict", out, photo, "--top", "5")
     lines = out_text.strip().splitlines()
     assert code == 0 and lines[0] == f"{photo}:" and len(lines) == 6 and all("%" in line for line in lines[1:])
 
 
-def test_cli_int8_export_records_calibration_and_method(tmp_path, capsys, photo_dir):
+@pytest.mark.slow
+def test_cli_int8_export_records_calibration_and_method(tmp_path, cli, photo_dir):
     out = tmp_path / "q.onnx"
-    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64", "--precision", "int8",
+    code, _, err = cli("export", "--target", "onnx", "--resolution", "64", "--precision", "int8",
                            "--calib", photo_dir, "--calib-samples", "4", "--calib-method", "entropy", "--per-tensor",
                            "--output", out, "--no-verify")
     assert code == 0, err
@@ -246,33 +246,33 @@ def test_cli_int8_export_records_calibration_and_method(tmp_path, capsys, photo_
 
 
 # --------------------------------------------------------------------------------------------- bad inputs
-def _int8_export(capsys, tmp_path, *extra):
+def _int8_export(cli, tmp_path, *extra):
     out = tmp_path / "q.onnx"
-    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64", "--precision", "int8",
+    code, _, err = cli("export", "--target", "onnx", "--resolution", "64", "--precision", "int8",
                            "--output", out, *extra)
     return code, " ".join(err.split()), out
 
 
-def test_cli_empty_calibration_dir(tmp_path, capsys):
+def test_cli_empty_calibration_dir(tmp_path, cli):
     (tmp_path / "empty").mkdir()
-    code, err, out = _int8_export(capsys, tmp_path, "--calib", tmp_path / "empty")
+    code, err, out = _int8_export(cli, tmp_path, "--calib", tmp_path / "empty")
     assert code == 2 and "has no files" in err and "Traceback" not in err and not out.exists()
 
 
-def test_cli_dir_of_non_images(tmp_path, capsys):
+def test_cli_dir_of_non_images(tmp_path, cli):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "readme.txt").write_text("no images here")
-    code, err, out = _int8_export(capsys, tmp_path, "--calib", tmp_path / "docs")
+    code, err, out = _int8_export(cli, tmp_path, "--calib", tmp_path / "docs")
     assert code == 2 and "1 files but no images" in err and "jpg" in err and not out.exists()
 
 
-def test_cli_int8_without_calib_refuses(tmp_path, capsys):
-    code, err, out = _int8_export(capsys, tmp_path)
+def test_cli_int8_without_calib_refuses(tmp_path, cli):
+    code, err, out = _int8_export(cli, tmp_path)
     assert code == 2 and "INT8 needs calibration images" in err and "--calib DIR" in err and not out.exists()
 
 
-def test_cli_calib_synthetic_warns_loudly(tmp_path, capsys):
-    code, err, out = _int8_export(capsys, tmp_path, "--calib-synthetic", "--calib-samples", "4", "--no-verify")
+def test_cli_calib_synthetic_warns_loudly(tmp_path, cli):
+    code, err, out = _int8_export(cli, tmp_path, "--calib-synthetic", "--calib-samples", "4", "--no-verify")
     assert code == 0 and out.exists()
     assert "WARNING: calibrating INT8 on SYNTHETIC random images" in err and "NOT representative" in err
     with load(out) as backend:
@@ -280,7 +280,7 @@ def test_cli_calib_synthetic_warns_loudly(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError])
-def test_output_interrupted_mid_write_leaves_no_partial_onnx(tmp_path, capsys, monkeypatch, interrupt):
+def test_output_interrupted_mid_write_leaves_no_partial_onnx(tmp_path, cli, monkeypatch, interrupt):
     real_save = onnx.save
 
     def save_half_then_fail(model, path, *args, **kwargs):
@@ -289,17 +289,17 @@ def test_output_interrupted_mid_write_leaves_no_partial_onnx(tmp_path, capsys, m
             f.truncate(f.seek(0, 2) // 2)  # half a file on disk, then the interruption
         raise interrupt("interrupted mid-write")
 
-    monkeypatch.setattr(onnx_export.onnx, "save", save_half_then_fail)
+    monkeypatch.setattr(onnx, "save", save_half_then_fail)
     out = tmp_path / "m.onnx"
-    code, _, err = run_cli(capsys, "export", "--target", "onnx", "--resolution", "64", "--output", out)
+    code, _, err = cli("export", "--target", "onnx", "--resolution", "64", "--output", out)
     assert code == (130 if interrupt is KeyboardInterrupt else 3), err
     assert list(tmp_path.iterdir()) == []  # neither m.onnx nor the staging folder
 
 
-def test_cli_int8_to_an_unwritable_path(tmp_path, capsys):
+def test_cli_int8_to_an_unwritable_path(tmp_path, cli):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    code, err, _ = _int8_export(capsys, tmp_path, "--calib-synthetic", "--calib-samples", "2",
+    code, err, _ = _int8_export(cli, tmp_path, "--calib-synthetic", "--calib-samples", "2",
                                 "--output", blocker / "sub" / "q.onnx")
     assert code == 2 and "cannot write" in err and "writable --output" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [blocker]

@@ -1,4 +1,4 @@
-"""Unified runtime behaviour shared by every backend: loading by suffix, prediction, thread safety."""
+"""Unified runtime behaviour shared by every target: loading by suffix, prediction, thread safety."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -6,16 +6,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from evim_deploy.runtime import load, top_k
+from evim_deploy.runtime import top_k
 from evim_deploy.samples import sample_images
+from evim_deploy.targets import export, load
+from evim_deploy.testing import randomized_model
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
-    from evim_deploy import create_model, export, reparameterize
-    from evim_deploy.model.randomize import randomize_
-    model = randomize_(create_model("m1"))
-    return export(reparameterize(model, (64, 64)), target="onnx", output=tmp_path_factory.mktemp("rt") / "m.onnx")
+    from evim_deploy import reparameterize
+    return export(reparameterize(randomized_model("m1"), (64, 64)), target="onnx",
+                  output=tmp_path_factory.mktemp("rt") / "m.onnx")
 
 
 def test_predict_images_and_arrays_agree(onnx_file):
@@ -45,10 +46,9 @@ def test_predict_is_thread_safe(onnx_file):
 
 
 def test_torch_export_archive_round_trip(tmp_path):
-    from evim_deploy import create_model, export, reparameterize
-    from evim_deploy.model.randomize import randomize_
+    from evim_deploy import reparameterize
     from evim_deploy.verify import verify
-    model = randomize_(create_model("m1", seed=3), seed=3)
+    model = randomized_model("m1", seed=3)
     path = export(reparameterize(model, (96, 128)), target="torch", output=tmp_path / "m1.pt2")
     with load(path) as backend:
         assert backend.manifest.input_size == (96, 128) and backend.input_shape == (1, 3, 96, 128)

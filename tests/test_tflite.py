@@ -1,7 +1,7 @@
 """The TFLite target: fp32 / fp16 / INT8 files of M1 (random weights, 128x128) and of the trained fixture
 through the LiteRT interpreter, the NHWC layout, the manifest in the flatbuffer's metadata, XNNPACK against
 the reference kernels, int8 I/O, the CLI and the bad inputs. Conversions are slow (litert-torch): each file
-is converted once per module."""
+is converted once per module, and the tests that need one are marked slow."""
 from __future__ import annotations
 
 import json
@@ -13,28 +13,21 @@ from PIL import Image
 pytest.importorskip("litert_torch", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
 
-from conftest import deploy_model, randomized_model, run_cli  # noqa: E402
 from evim_deploy.calibration import load_calibration  # noqa: E402
 from evim_deploy.errors import MissingExtraError, UsageError  # noqa: E402
-from evim_deploy.export import export  # noqa: E402
-from evim_deploy.export.tflite import float_ops  # noqa: E402
-from evim_deploy.export.tflite_int8 import DEFAULT_FLOAT_GROUPS  # noqa: E402
+from evim_deploy.export.tflite import DEFAULT_FLOAT_GROUPS  # noqa: E402
+from evim_deploy.formats import MANIFEST_KEY  # noqa: E402
+from evim_deploy.formats.tflite import float_compute_ops, read_metadata, summary  # noqa: E402
 from evim_deploy.manifest import Manifest  # noqa: E402
 from evim_deploy.preprocess import list_images, preprocess  # noqa: E402
-from evim_deploy.runtime import load  # noqa: E402
-from evim_deploy.runtime.tflite import MANIFEST_NAME, graph_summary, read_metadata  # noqa: E402
+from evim_deploy.targets import TargetSpec, export, load  # noqa: E402
+from evim_deploy.testing import deploy_model, randomized_model  # noqa: E402
+from evim_deploy.testing.train_fixture import CHECKPOINT  # noqa: E402
 from evim_deploy.verify import Metrics, verify  # noqa: E402
-from fixtures.train_fixture import CHECKPOINT  # noqa: E402
-from test_calibration import write_photos  # noqa: E402
 
 SIZE = (128, 128)
 INT8_SIZE = (224, 224)
 LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "LOGISTIC", "ADD", "MUL")
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +50,7 @@ def tiny_int8(trained_deploy, digits, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     return {"default": export(trained_deploy, "tflite", folder / "tiny_int8.tflite", "int8", calibration),
             "int8_io": export(trained_deploy, "tflite", folder / "tiny_int8io.tflite", "int8", calibration,
-                              int8_io=True, keep_float=())}
+                              int8_io=True, float_groups=())}
 
 
 def _operators(path) -> list[tuple[str, list[int], list]]:
@@ -83,6 +76,7 @@ def _input_consumer(path) -> str:
 
 
 # ------------------------------------------------------------------------------------------- fp32 / fp16
+@pytest.mark.slow
 def test_fp32_matches_the_reference_and_takes_nhwc(m1_files):
     with load(m1_files["fp32"], threads=2) as backend:
         assert backend.input_shape == (1, *SIZE, 3) and backend.manifest.layout == "nhwc"
@@ -92,6 +86,7 @@ def test_fp32_matches_the_reference_and_takes_nhwc(m1_files):
     assert _input_consumer(m1_files["fp32"]) in ("PAD", "CONV_2D")
 
 
+@pytest.mark.slow
 def test_nhwc_input_is_the_nchw_input_transposed(m1_files):
     x = np.random.default_rng(3).standard_normal((2, 3, *SIZE)).astype(np.float32)
     with load(m1_files["fp32"]) as backend:
@@ -102,6 +97,7 @@ def test_nhwc_input_is_the_nchw_input_transposed(m1_files):
             backend.predict(x)
 
 
+@pytest.mark.slow
 def test_concurrent_predicts_are_serialized_and_exact(m1_files):
     """The interpreter is not thread-safe: the backend serializes calls, so threads get exact results."""
     from concurrent.futures import ThreadPoolExecutor
@@ -114,17 +110,19 @@ def test_concurrent_predicts_are_serialized_and_exact(m1_files):
                                               for _ in range(10)), range(4)))
 
 
+@pytest.mark.slow
 def test_fp16_stores_half_weights_and_meets_the_cosine_bound(m1_files):
     with load(m1_files["fp16"]) as backend:
         assert backend.input_dtype == np.float32
         report = verify(backend, randomized_model("m1"))
     assert report.passed and min(m.cosine for m in report.metrics.values()) >= 0.9999, report.summary()
-    summary = graph_summary(m1_files["fp16"])
-    assert summary["ops"].get("DEQUANTIZE FLOAT32", 0) > 20  # fp16 weights, dequantized once at load
-    assert summary["bytes"] < 0.6 * graph_summary(m1_files["fp32"])["bytes"]
+    fp16 = summary(m1_files["fp16"])
+    assert fp16.ops.get("DEQUANTIZE FLOAT32", 0) > 20  # fp16 weights, dequantized once at load
+    assert fp16.bytes < 0.6 * summary(m1_files["fp32"]).bytes
 
 
 # ------------------------------------------------------------------------------------------------- INT8
+@pytest.mark.slow
 def test_int8_random_weights_meets_the_cosine_bound(m1_files):
     """Random weights leave near-ties between classes: top-1 agreement there is noise (as for ONNX); the
     cosine bound holds, and decisions are judged on the trained fixture below."""
@@ -138,21 +136,25 @@ def test_int8_random_weights_meets_the_cosine_bound(m1_files):
     assert (extra["calib_method"], extra["calib_observer"], extra["per_channel"]) == ("percentile", "HistogramObserver", True)
 
 
+@pytest.mark.slow
 def test_default_policy_runs_the_convolutions_and_projections_in_int8(m1_files):
-    ops = graph_summary(m1_files["int8"])["ops"]
+    int8 = summary(m1_files["int8"])
+    ops = int8.ops
     # stem (but its first conv), FFN 1x1 convs, downsampling and the token projections: int8
     assert ops["CONV_2D INT8"] >= 20 and ops["FULLY_CONNECTED INT8"] >= 6 and ops["CONV_2D FLOAT32"] == 1
-    left_float = float_ops(m1_files["int8"])
+    left_float = float_compute_ops(m1_files["int8"])
     assert {"RSQRT FLOAT32", "SOFTMAX FLOAT32", "BATCH_MATMUL FLOAT32"} <= set(left_float)  # the token mixer
-    assert graph_summary(m1_files["int8"])["inputs"][0]["dtype"] == "FLOAT32"
+    assert int8.details["inputs"][0]["dtype"] == "FLOAT32"
 
 
+@pytest.mark.slow
 def test_int8_of_the_trained_fixture_keeps_the_decisions(trained, digits, tiny_int8):
     with load(tiny_int8["default"]) as backend:
         report = verify(backend, trained, digits["heldout"], trained=True)
     assert report.passed, report.summary()  # cosine >= 0.995 and top-1 >= 99% on held-out digits
 
 
+@pytest.mark.slow
 def test_xnnpack_and_reference_kernels_agree_on_int8(tiny_int8, digits):
     """On the trained fixture's held-out digits. (On random weights, where the network amplifies any
     rounding difference, both kernels sit equally far from float and agree to ~0.98 only: docs/tflite.md.)"""
@@ -163,6 +165,7 @@ def test_xnnpack_and_reference_kernels_agree_on_int8(tiny_int8, digits):
     assert metrics.cosine >= 0.999 and metrics.top1 >= 0.99, metrics
 
 
+@pytest.mark.slow
 def test_full_integer_softmax_has_the_fixed_output_scale(tiny_int8):
     """The token softmax in int8 needs scale 1/256, zero point -128, or the interpreter refuses the file."""
     from ai_edge_litert import schema_py_generated as schema
@@ -175,9 +178,10 @@ def test_full_integer_softmax_has_the_fixed_output_scale(tiny_int8):
     # full integer leaves only LayerNorm's arithmetic in float (plus the converter's exp/sum/div for the
     # softmax over the single token of tiny's last 1x1 stage)
     layer_norm = {"MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUB", "MUL", "ADD"}
-    assert {op.split()[0] for op in float_ops(path)} <= layer_norm | {"EXP", "SUM", "DIV"}
+    assert {op.split()[0] for op in float_compute_ops(path)} <= layer_norm | {"EXP", "SUM", "DIV"}
 
 
+@pytest.mark.slow
 def test_int8_io_records_scales_and_the_runtime_applies_them(tiny_int8, trained, digits):
     with load(tiny_int8["int8_io"]) as backend:
         io = backend.manifest.extra["io_quantization"]
@@ -202,19 +206,21 @@ def test_int8_io_needs_int8_precision_and_quantized_ends(trained_deploy, digits,
         export(trained_deploy, "tflite", tmp_path / "a.tflite", "fp32", int8_io=True)
     calibration = load_calibration(digits["calib"], trained_deploy.manifest, samples=4)
     with pytest.raises(UsageError, match="--int8-io needs .*head"):
-        export(trained_deploy, "tflite", tmp_path / "b.tflite", "int8", calibration, int8_io=True, keep_float=["head"])
+        export(trained_deploy, "tflite", tmp_path / "b.tflite", "int8", calibration, int8_io=True,
+               float_groups=["head"])
     with pytest.raises(UsageError, match="unknown calibration method 'kl'"):
         export(trained_deploy, "tflite", tmp_path / "d.tflite", "int8", calibration, calib_method="kl")
-    with pytest.raises(UsageError, match="unknown float group.*choose from stem_input"):
-        export(trained_deploy, "tflite", tmp_path / "c.tflite", "int8", calibration, keep_float=["mixer"])
+    with pytest.raises(UsageError, match=r"unknown float group 'mixer'.*choose named groups \(stem_input"):
+        export(trained_deploy, "tflite", tmp_path / "c.tflite", "int8", calibration, float_groups=["mixer"])
     assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- metadata
+@pytest.mark.slow
 def test_manifest_and_labels_travel_in_a_metadata_buffer(m1_files):
     for precision, path in m1_files.items():
         expected = deploy_model("m1", INT8_SIZE if precision == "int8" else SIZE).manifest
-        stored = Manifest.from_json(read_metadata(path.read_bytes(), MANIFEST_NAME).decode())
+        stored = Manifest.from_json(read_metadata(path.read_bytes(), MANIFEST_KEY).decode())
         assert (stored.precision, stored.target, stored.layout) == (precision, "tflite", "nhwc")
         assert (stored.variant, stored.input_size, stored.labels, stored.mean, stored.std) == \
                (expected.variant, expected.input_size, expected.labels, expected.mean, expected.std)
@@ -222,10 +228,11 @@ def test_manifest_and_labels_travel_in_a_metadata_buffer(m1_files):
             assert backend.manifest == stored
 
 
+@pytest.mark.slow
 def test_file_without_manifest_or_not_tflite_is_refused(m1_files, tmp_path):
     from ai_edge_litert.tools import flatbuffer_utils
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(m1_files["fp32"].read_bytes()))
-    model.metadata = [m for m in model.metadata if m.name != MANIFEST_NAME.encode()]
+    model.metadata = [m for m in model.metadata if m.name != MANIFEST_KEY.encode()]
     bare = tmp_path / "bare.tflite"
     bare.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
     with pytest.raises(UsageError, match="carries no evim-deploy manifest"):
@@ -237,46 +244,49 @@ def test_file_without_manifest_or_not_tflite_is_refused(m1_files, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def test_cli_export_verify_predict_nchw_with_reference_kernels(tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_export_verify_predict_nchw_with_reference_kernels(tmp_path, cli):
     out = tmp_path / "t.tflite"
-    code, _, err = run_cli(capsys, "export", "--target", "tflite", "--model", "tiny", "--checkpoint", CHECKPOINT,
+    code, _, err = cli("export", "--target", "tflite", "--model", "tiny", "--checkpoint", CHECKPOINT,
                            "--layout", "nchw", "--output", out)
     assert code == 0 and out.exists() and "PASS" in err and "input [1, 3, 64, 64] float32 NCHW" in err, err
     with load(out) as backend:
         assert backend.input_shape == (1, 3, 64, 64) and backend.manifest.layout == "nchw"
-    code, _, err = run_cli(capsys, "verify", out, "--checkpoint", CHECKPOINT, "--reference-kernels",
+    code, _, err = cli("verify", out, "--checkpoint", CHECKPOINT, "--reference-kernels",
                            "--json", tmp_path / "v.json")
     report = json.loads((tmp_path / "v.json").read_text())
     assert code == 0 and report["passed"] is True and report["metrics"]["images"]["max_abs"] <= 1e-4, err
     photo = tmp_path / "digit.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photo)
-    code, text, _ = run_cli(capsys, "predict", out, photo, "--top", "3", "--reference-kernels", "--json")
+    code, text, _ = cli("predict", out, photo, "--top", "3", "--reference-kernels", "--json")
     assert code == 0 and len(json.loads(text)[str(photo)]) == 3
 
 
 def test_float_groups_flag_alone_means_full_integer():
-    from evim_deploy.cli import build_parser, target_options
+    from evim_deploy.cli import build_parser
+    from evim_deploy.commands.common import calibration_options, target_options
     base = ["export", "--target", "tflite", "--precision", "int8"]
-    assert target_options(build_parser().parse_args(base), "tflite")["keep_float"] is None  # the default policy
+    assert calibration_options(build_parser().parse_args(base))["float_groups"] is None  # the default policy
     args = build_parser().parse_args([*base, "--float-groups", "--int8-io"])
-    assert target_options(args, "tflite") == {"layout": "nhwc", "int8_io": True, "keep_float": []}
+    assert target_options(args, "tflite") == {"layout": "nhwc", "int8_io": True}
+    assert calibration_options(args)["float_groups"] == []
     args = build_parser().parse_args([*base, "--float-groups", "head", "token_mixer"])
-    assert target_options(args, "tflite")["keep_float"] == ["head", "token_mixer"]
+    assert calibration_options(args)["float_groups"] == ["head", "token_mixer"]
 
 
-def test_reference_kernels_flag_is_refused_for_other_files(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "predict", tmp_path / "m.onnx", tmp_path / "x.png", "--reference-kernels")
+def test_reference_kernels_flag_is_refused_for_other_files(tmp_path, cli):
+    code, _, err = cli("predict", tmp_path / "m.onnx", tmp_path / "x.png", "--reference-kernels")
     assert code == 2 and "--reference-kernels applies to .tflite files" in err
 
 
 @pytest.mark.parametrize("content", ["empty", "not_images"])
-def test_bad_calibration_folder_is_one_line_and_writes_nothing(content, tmp_path, capsys):
+def test_bad_calibration_folder_is_one_line_and_writes_nothing(content, tmp_path, cli):
     calib = tmp_path / "calib"
     calib.mkdir()
     if content == "not_images":
         (calib / "notes.txt").write_text("no pictures here")
     out = tmp_path / "q.tflite"
-    code, _, err = run_cli(capsys, "export", "--target", "tflite", "--resolution", "64", "--precision", "int8",
+    code, _, err = cli("export", "--target", "tflite", "--resolution", "64", "--precision", "int8",
                            "--calib", calib, "--output", out)
     message = " ".join(err.split())
     assert code == 2 and "error:" in message and "--calib" in message
@@ -284,11 +294,10 @@ def test_bad_calibration_folder_is_one_line_and_writes_nothing(content, tmp_path
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["calib"]
 
 
-def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path, capsys):
-    from evim_deploy.backends import BackendSpec
-    monkeypatch.setattr(BackendSpec, "missing_modules",
+def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path, cli):
+    monkeypatch.setattr(TargetSpec, "missing_modules",
                         lambda self: ["ai_edge_litert"] if self.name == "tflite" else [])
-    code, _, err = run_cli(capsys, "export", "--target", "tflite", "--resolution", "64", "--output", tmp_path / "x.tflite")
+    code, _, err = cli("export", "--target", "tflite", "--resolution", "64", "--output", tmp_path / "x.tflite")
     assert code == 2 and "pip install 'evim-deploy[tflite]'" in " ".join(err.split())
     with pytest.raises(MissingExtraError, match=r"evim-deploy\[tflite\]"):
         load(tmp_path / "x.tflite")

@@ -1,4 +1,4 @@
-"""Latency benchmarking: statistics, per-backend measurement in isolated processes, reports and plots."""
+"""Latency benchmarking: statistics, per-target measurement in isolated processes, reports and plots."""
 from __future__ import annotations
 
 from .stats import Timing, interleaved, measure, percentile

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UsageError
+from ..targets import TARGETS, TargetSpec, target_for_path
 
 REMOTE_DIR = "/data/local/tmp"
 _NUM = r"([0-9.]+(?:e[+-]?\d+)?)"
@@ -71,8 +72,8 @@ def run_on_device(tflite: str | Path, device: str, threads: int = 4, runs: int =
     if not device.startswith("adb:") or len(device) <= 4:
         raise UsageError(f"bad device {device!r}", "use --device adb:SERIAL (serial from `adb devices`)")
     serial, tflite = device[4:], Path(tflite)
-    if tflite.suffix != ".tflite":
-        raise UsageError(f"{tflite} is not a .tflite file", "device profiling runs TFLite models only")
+    if not target_for_path(tflite).on_device_benchmark:
+        raise UsageError(f"{tflite} is no file LiteRT's benchmark_model runs", f"pass a {device_target().suffix} file")
     remote_model = f"{REMOTE_DIR}/{tflite.name}"
 
     def call(args: list[str]) -> str:
@@ -87,3 +88,8 @@ def run_on_device(tflite: str | Path, device: str, threads: int = 4, runs: int =
 
     call([adb, "-s", serial, "push", str(tflite), remote_model])
     return parse_benchmark_output(call(benchmark_command(serial, remote_model, threads, runs, adb=adb)))
+
+
+def device_target() -> TargetSpec:
+    """The target whose files :func:`run_on_device` runs (``on_device_benchmark`` in the table)."""
+    return next(spec for spec in TARGETS.values() if spec.on_device_benchmark)

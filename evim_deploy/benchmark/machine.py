@@ -3,12 +3,22 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from importlib import metadata
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "asimddp", "sve")
-LIBRARIES = ("evim-deploy", "torch", "numpy", "onnx", "onnxruntime", "ai-edge-litert", "litert-torch",
-             "coremltools", "onnxslim")
+DISTRIBUTION = "evim-deploy"
+
+
+def libraries() -> list[str]:
+    """evim-deploy and every distribution it requires, its extras' included (the dev extra left out)."""
+    try:
+        requirements = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        return [DISTRIBUTION]
+    names = [re.split(r"[\s<>=!~\[;(]", req, maxsplit=1)[0] for req in requirements if "extra == \"dev\"" not in req]
+    return [DISTRIBUTION, *dict.fromkeys(n for n in names if n and n != DISTRIBUTION)]
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -29,7 +39,7 @@ def machine_info() -> dict:
     cpu = _cpuinfo()
     flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
     versions = {}
-    for name in LIBRARIES:
+    for name in libraries():
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

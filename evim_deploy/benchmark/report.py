@@ -9,13 +9,13 @@ from rich.table import Table
 
 from .runner import BenchRow, scaling_slopes
 
-COLUMNS = ("backend", "precision", "input", "threads", "batch", "median ms", "mean±σ ms", "p90 ms", "p99 ms",
+COLUMNS = ("target", "precision", "input", "threads", "batch", "median ms", "mean±σ ms", "p90 ms", "p99 ms",
            "img/s", "load ms", "first ms", "peak RSS MB", "file MB", "x best")
 
 
 def _cells(row: BenchRow, ratio: float | None) -> list[str]:
     size = f"{row.resolution[0]}x{row.resolution[1]}"
-    head = [row.backend, row.precision, size, str(row.threads), str(row.batch)]
+    head = [row.target, row.precision, size, str(row.threads), str(row.batch)]
     if not row.ok:
         return head + [row.status] + [""] * (len(COLUMNS) - len(head) - 1)
     t = row.timing
@@ -39,7 +39,7 @@ def ratios(rows: list[BenchRow]) -> list[float | None]:
 def table(rows: list[BenchRow], title: str = "evim-deploy bench") -> Table:
     out = Table(title=title)
     for name in COLUMNS:
-        out.add_column(name, justify="left" if name in ("backend", "precision", "input") else "right")
+        out.add_column(name, justify="left" if name in ("target", "precision", "input") else "right")
     for row, ratio in zip(rows, ratios(rows)):
         out.add_row(*_cells(row, ratio), style=None if row.ok else "yellow")
     return out
@@ -71,7 +71,7 @@ def markdown(rows: list[BenchRow], machine: dict) -> str:
 
 
 def plot(path: str | Path, rows: list[BenchRow]) -> None:
-    """Left: latency vs pixels per backend, log-log, with a slope-1 guide. Right: latency per backend."""
+    """Left: latency vs pixels per target, log-log, with a slope-1 guide. Right: latency per target."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -100,7 +100,8 @@ def plot(path: str | Path, rows: list[BenchRow]) -> None:
     spread = [[r.timing.median_ms - r.timing.min_ms for r in bars], [r.timing.p90_ms - r.timing.median_ms for r in bars]]
     right.barh([f"{r.label} {r.threads}t b{r.batch}" for r in bars], [r.timing.median_ms for r in bars],
                xerr=spread, color="tab:blue")
-    right.set(xlabel="median latency (ms); whiskers: min to p90", title=f"Latency per backend at {common[0]}x{common[1]}" if common else "")
+    right.set(xlabel="median latency (ms); whiskers: min to p90",
+              title=f"Latency per target at {common[0]}x{common[1]}" if common else "")
     right.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..backends import BACKENDS, BackendSpec, backend_for_path, get_backend
-from ..errors import EvimError, UsageError
+from ..errors import EvimError
+from ..files import artifact_megabytes
+from ..targets import TARGETS, TargetSpec, export, get_target, target_for_path
 from .stats import Timing
 
 HW = tuple[int, int]
@@ -21,7 +21,7 @@ HW = tuple[int, int]
 class RowSpec:
     """One configuration to measure."""
 
-    backend: str
+    target: str
     precision: str
     resolution: HW
     threads: int
@@ -46,7 +46,7 @@ class BenchRow(RowSpec):
 
     @property
     def label(self) -> str:
-        return f"{self.backend} {self.precision}"
+        return f"{self.target} {self.precision}"
 
     def throughput(self) -> float | None:
         return self.timing.throughput(self.batch) if self.timing else None
@@ -65,12 +65,12 @@ class BenchConfig:
     model: str = "m1"
     checkpoint: str | None = None
     files: list[str] = field(default_factory=list)
-    targets: list[str] = field(default_factory=lambda: ["onnx", "tflite", "coreml", "torch"])
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
     precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
     threads: list[int] = field(default_factory=lambda: [2])
     batches: list[int] = field(default_factory=lambda: [1])
     resolutions: list[int] = field(default_factory=lambda: [224])
-    sweep_targets: list[str] = field(default_factory=lambda: ["onnx"])
+    sweep_targets: list[str] = field(default_factory=lambda: [n for n, s in TARGETS.items() if s.sweep])
     iterations: int = 50
     seconds: float | None = None
     warmup: int = 10
@@ -79,25 +79,15 @@ class BenchConfig:
     options: dict = field(default_factory=dict)
 
 
-def unavailable_reason(spec: BackendSpec) -> str | None:
-    """Why this backend cannot be measured here, or None."""
-    missing = spec.missing_modules()
-    if missing:
-        return f"not installed: pip install 'evim-deploy[{spec.extra}]'"
-    if spec.name == "coreml" and platform.system() != "Darwin":
-        return "needs macOS"
-    return None
-
-
 def plan(config: BenchConfig) -> list[RowSpec]:
     """Rows to measure: given files, or targets x precisions at the first resolution plus the resolution sweep."""
     if config.files:
-        return [RowSpec(backend_for_path(f).name, "file", (0, 0), t, b, f)
+        return [RowSpec(target_for_path(f).name, "file", (0, 0), t, b, f)
                 for f in config.files for t in config.threads for b in config.batches]
     first, *rest = config.resolutions
     rows = []
     for target in config.targets:
-        spec = get_backend(target)
+        spec = get_target(target)
         for precision in config.precisions:
             if precision not in spec.precisions:
                 continue
@@ -123,8 +113,8 @@ class ArtifactCache:
         return self._reference
 
     def path(self, row: RowSpec) -> Path:
-        spec = get_backend(row.backend)
-        dynamic = "_dyn" if row.backend == "onnx" and max(self.config.batches) > 1 else ""
+        spec = get_target(row.target)
+        dynamic = "_dyn" if self._batch_option(spec) else ""
         source = Path(self.config.checkpoint).stem if self.config.checkpoint else "random"
         name = f"{self.config.model}_{source}_{row.resolution[0]}x{row.resolution[1]}_{row.precision}{dynamic}"
         return self.workdir / f"{name}{spec.suffix}"
@@ -133,16 +123,20 @@ class ArtifactCache:
         path = self.path(row)
         if path.exists():
             return path
-        from ..export import export
         from ..model import reparameterize
         if row.resolution not in self._deploy:
             self._deploy[row.resolution] = reparameterize(self.reference(), row.resolution)
         deploy = self._deploy[row.resolution]
-        calibration = self._calibration(deploy.manifest) if row.precision in ("int8", "w8a8") else None
-        options = dict(self.config.options.get(row.backend, {}))
-        if row.backend == "onnx" and max(self.config.batches) > 1:
-            options["dynamic_batch"] = True
-        return export(deploy, row.backend, path, row.precision, calibration, **options)
+        spec = get_target(row.target)
+        calibration = self._calibration(deploy.manifest) if spec.needs_calibration(row.precision) else None
+        options = dict(self.config.options.get(row.target, {}))
+        if self._batch_option(spec):
+            options[spec.batch_option] = True
+        return export(deploy, row.target, path, row.precision, calibration, **options)
+
+    def _batch_option(self, spec: TargetSpec) -> str | None:
+        """The target's export option that frees the batch dimension, when batches above 1 are measured."""
+        return spec.batch_option if max(self.config.batches) > 1 else None
 
     def _calibration(self, manifest):
         from ..calibration import load_calibration
@@ -166,7 +160,7 @@ def measure_file(path: str | Path, row: RowSpec, config: BenchConfig) -> dict:
 
 def run_row(row: RowSpec, cache: ArtifactCache, config: BenchConfig) -> BenchRow:
     result = BenchRow(**asdict(row))
-    reason = unavailable_reason(get_backend(row.backend))
+    reason = get_target(row.target).unavailable_reason()
     if reason:
         result.status = reason
         return result
@@ -179,7 +173,7 @@ def run_row(row: RowSpec, cache: ArtifactCache, config: BenchConfig) -> BenchRow
         result.status = f"export failed (internal): {type(err).__name__}: {err}"
         return result
     result.file = str(path)
-    result.file_mb = _size_mb(path)
+    result.file_mb = artifact_megabytes(path)
     measured = measure_file(path, row, config)
     if not measured.get("ok"):
         result.status = f"failed: {measured.get('error')}"
@@ -192,16 +186,10 @@ def run_row(row: RowSpec, cache: ArtifactCache, config: BenchConfig) -> BenchRow
     return result
 
 
-def _size_mb(path: Path) -> float:
-    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    return total / 1e6
-
-
 def run(config: BenchConfig, on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
     """Measure every planned row (exporting what is missing); ``on_row`` is called after each."""
     for target in config.targets:
-        if target not in BACKENDS:
-            raise UsageError(f"unknown target {target!r}", f"choose from {', '.join(BACKENDS)}")
+        get_target(target)  # an unknown name is a one-line error before anything runs
     cache = ArtifactCache(config)
     rows = []
     for spec in plan(config):
@@ -213,7 +201,7 @@ def run(config: BenchConfig, on_row: Callable[[BenchRow], None] | None = None) -
 
 
 def scaling_slopes(rows: list[BenchRow]) -> dict[str, float]:
-    """Least-squares slope of log(latency) vs log(pixels) per backend/precision (1.0 = linear in pixels)."""
+    """Least-squares slope of log(latency) vs log(pixels) per target/precision (1.0 = linear in pixels)."""
     groups: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         if row.ok and row.batch == 1:

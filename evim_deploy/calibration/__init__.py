@@ -1,4 +1,4 @@
-"""Calibration data for every INT8 backend: a seeded sample of the user's images, preprocessed per the manifest."""
+"""Calibration data for every INT8 target: a seeded sample of the user's images, preprocessed per the manifest."""
 from __future__ import annotations
 
 import random

@@ -4,50 +4,74 @@ Weights are int8 (per output channel unless ``per_channel=False``), activations 
 u8 x s8 is what the VNNI ``vpdpbusd`` kernels of ONNX Runtime's CPU provider multiply.
 
 Which nodes stay float is a speed *and* accuracy decision, measured with ORT's profiler (see
-``docs/onnx.md``). The weight-heavy convolutions (stem, FFN, downsamples) run in int8; these stay
-float by default (:data:`DEFAULT_FLOAT_GROUPS`):
+``docs/onnx.md``). The weight-heavy convolutions (stem, FFN, downsamples) run in int8; these groups of
+:mod:`evim_deploy.quantize.groups` stay float by default (:data:`.onnx.DEFAULT_FLOAT_GROUPS`):
 
 * ``stem_input``: the first convolution sees 3 channels; its int8 kernel is 3x slower than the fp32
   one, and quantizing the raw image costs accuracy;
-* ``token_mixer``: HSM-SSD works on tiny tensors (N x C states, N <= 64), so int8 saves nothing and its
-  Q/DQ pairs and transposes cost more than they save; ORT also pins a quantized softmax to [0, 1] in
-  1/255 steps, which wipes out a softmax over 196 tokens;
-* ``mixer_residual``: the mix of the mixer output into the residual stream, in float with the mixer;
+* ``mixer_input`` and ``token_mixer``: HSM-SSD works on tiny tensors (N x C states, N <= 64), so int8
+  saves nothing and its Q/DQ pairs and transposes cost more than they save; ORT also pins a quantized
+  softmax to [0, 1] in 1/255 steps, which wipes out a softmax over 196 tokens;
+* ``residual``: the mix of the mixer output into the residual stream, in float with the mixer;
 * ``depthwise``: every depthwise conv (blocks and downsamples). Most carry a folded residual (identity
   in the centre tap), so per-channel int8 leaves the small taps a few levels; and ORT's int8
   depthwise kernel is slower than its fp32 blocked one on these small maps;
 * ``head``: the pooled features go straight into the logits, and its one GEMV costs nothing in float.
+
+Named groups translate to ORT's ``nodes_to_exclude`` through :data:`NODE_PATTERNS` (regular expressions on
+the exported node names); layer groups through the TorchScript exporter's scope names.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import onnx
 
 from ..calibration import CalibrationSet
+from ..console import quiet
 from ..errors import UsageError
+from ..quantize.groups import in_groups, split_groups
+
+if TYPE_CHECKING:
+    import torch
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
-# Node groups that can be kept in float: regular expressions on the exported node names.
-FLOAT_GROUPS: dict[str, str] = {
+# Each named group of evim_deploy.quantize.groups in ONNX Runtime's syntax: a regex on the exported node names.
+NODE_PATTERNS: dict[str, str] = {
     "stem_input": r"^/stem/stem\.0/",
-    "token_mixer": r"/mixer/",
-    "mixer_residual": r"^/stages\.\d+\.\d+/(Mul|Add)$",
-    "depthwise": r"^/stages\.\d+\.\d+/dwconv[12]/|^/downsamples\.\d+/downsamples\.\d+\.[025]/",
+    "mixer_input": r"/mixer/bcdt_proj/",
+    "token_mixer": r"/mixer/(?!bcdt_proj/)",
+    "residual": r"^/stages\.\d+\.\d+/(Mul|Add)$",
+    "block_depthwise": r"^/stages\.\d+\.\d+/dwconv[12]/",
+    "downsample_depthwise": r"^/downsamples\.\d+/downsamples\.\d+\.[025]/",
     "downsample": r"^/downsamples\.",
     "head": r"^/head/",
 }
-# + head: pooled features go straight into the logits, and one GEMV of float is free (random-weight M1
-# calibrated on other photos than the ones judged: images cosine 0.9805 -> 0.9887; docs/onnx.md).
-DEFAULT_FLOAT_GROUPS = ("stem_input", "token_mixer", "mixer_residual", "depthwise", "head")
+
+
+def onnx_module_path(node_name: str) -> str:
+    """``/stages.0.0/mixer/norm/LayerNormalization`` -> ``stages.0.0.mixer.norm`` (TorchScript exporter scopes)."""
+    path = ""
+    for scope in node_name.strip("/").split("/")[:-1]:
+        path = scope if (not path or scope.startswith(path + ".")) else f"{path}.{scope}"
+    return path
+
+
+def nodes_in_named_groups(model: onnx.ModelProto, groups: Iterable[str]) -> list[str]:
+    """Names of the nodes of ``model`` in the named ``groups``."""
+    patterns = [re.compile(NODE_PATTERNS[group]) for group in groups]
+    return [node.name for node in model.graph.node if any(p.search(node.name) for p in patterns)]
+
+
+def nodes_in_layer_groups(model: onnx.ModelProto, groups: Iterable[str]) -> list[str]:
+    """Names of the nodes of ``model`` that belong to the layer ``groups``."""
+    groups = list(groups)
+    return [node.name for node in model.graph.node if groups and in_groups(onnx_module_path(node.name), groups)]
 
 
 def calibration_reader(calibration: CalibrationSet, input_name: str):
@@ -122,47 +146,22 @@ def calibrate(model_path: Path, calibration: CalibrationSet, method: str, workdi
     return calibrator.compute_data()
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ORT's quantizer prints progress to stdout and logs per-tensor warnings; keep stdout for data."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
-
-
-def float_nodes(model: onnx.ModelProto, groups: Iterable[str] = DEFAULT_FLOAT_GROUPS) -> list[str]:
-    """Names of the nodes of ``model`` that the named ``groups`` keep in float."""
-    patterns = []
-    for group in groups:
-        if group not in FLOAT_GROUPS:
-            raise UsageError(f"unknown node group {group!r}", f"choose from {', '.join(FLOAT_GROUPS)}")
-        patterns.append(re.compile(FLOAT_GROUPS[group]))
-    return [node.name for node in model.graph.node if any(p.search(node.name) for p in patterns)]
-
-
-def quantize(graph: onnx.ModelProto, calibration: CalibrationSet, method: str = "minmax", per_channel: bool = True,
-             keep_float: Iterable[str] = DEFAULT_FLOAT_GROUPS, nodes_to_exclude: Iterable[str] = ()) -> onnx.ModelProto:
-    """Static QDQ INT8 of a float ONNX graph, calibrated on ``calibration``.
-
-    ``keep_float`` names node groups (:data:`FLOAT_GROUPS`) left in float; ``nodes_to_exclude`` adds
-    individual node names.
-    """
+def quantize(graph: onnx.ModelProto, deploy: "torch.nn.Module", calibration: CalibrationSet, method: str,
+             per_channel: bool, float_groups: Iterable[str]) -> onnx.ModelProto:
+    """Static QDQ INT8 of a float ONNX graph of ``deploy``, calibrated on ``calibration``; ``float_groups``
+    (named and layer groups of :mod:`evim_deploy.quantize.groups`) stay float."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    if len(calibration) == 0:
-        raise UsageError("the calibration set is empty", "pass --calib DIR with at least one image")
-    with tempfile.TemporaryDirectory(prefix="evim-int8-") as tmp, _quiet():
+    named, layers = split_groups(float_groups, deploy)
+    layer_nodes = nodes_in_layer_groups(graph, layers)
+    with tempfile.TemporaryDirectory(prefix="evim-int8-") as tmp, quiet():
         workdir = Path(tmp)
         onnx.save(graph, workdir / "float.onnx")
         quant_pre_process(str(workdir / "float.onnx"), str(workdir / "pre.onnx"), skip_symbolic_shape=True)
         ranges = calibrate(workdir / "pre.onnx", calibration, method, workdir)
         model = onnx.load(str(workdir / "pre.onnx"))
-        exclude = sorted(set(float_nodes(model, keep_float)) | set(nodes_to_exclude))
+        exclude = sorted(set(nodes_in_named_groups(model, named)) | set(layer_nodes))
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # quantize_static's default
         quantizer = QDQQuantizer(model, per_channel, False, QuantType.QInt8, QuantType.QUInt8, ranges, None, exclude,
                                  op_types, {"ActivationSymmetric": False, "WeightSymmetric": True})

@@ -16,7 +16,8 @@ additions make EfficientViM's HSM-SSD integer as well:
   same-scale constraint), so an input reached through views shares its producer's observer.
 
 LayerNorm stays float: the converter lowers it to MEAN / SQUARED_DIFFERENCE / RSQRT / SUB / MUL / ADD
-in float between a DEQUANTIZE and a QUANTIZE. ``keep_float`` keeps named module groups in float too.
+in float between a DEQUANTIZE and a QUANTIZE. ``float_groups`` (:mod:`evim_deploy.quantize.groups`) keep more in
+float: named groups translate to module-path regexes (:data:`MODULE_PATTERNS`), layer groups to module paths.
 """
 from __future__ import annotations
 
@@ -30,25 +31,24 @@ from torch.fx import GraphModule, Node
 from ..calibration import CalibrationSet
 from ..console import track
 from ..errors import UsageError
-from ..quantize_report import in_groups
+from ..quantize.groups import in_groups, split_groups
 
 aten = torch.ops.aten
 
-# Module groups that ``keep_float`` can name: regular expressions on the module path of each node.
-FLOAT_GROUPS: dict[str, str] = {
-    "stem_input": r"(^|\.)stem\.0\.",                 # the first convolution, on the 3-channel image
-    "token_mixer": r"\.mixer(\.(?!bcdt_proj)|$)",     # HSM-SSD after its input projection
+# Each named group of evim_deploy.quantize.groups in litert's terms: a regex on the module path of each node,
+# or None for "residual", which is a predicate on the node (x * a per-channel constant: the folded gates).
+MODULE_PATTERNS: dict[str, str | None] = {
+    "stem_input": r"(^|\.)stem\.0\.",                  # the first convolution, on the 3-channel image
+    "mixer_input": r"\.mixer\.bcdt_proj(\.|$)",        # HSM-SSD's input projection
+    "token_mixer": r"\.mixer(\.(?!bcdt_proj)|$)",       # HSM-SSD after its input projection
+    "residual": None,                                 # x * per-channel constant (the folded residual gates)
+    "block_depthwise": r"\.dwconv\d(\.|$)",            # each block's two 3x3 depthwise convolutions
+    "downsample_depthwise": r"(^|\.)downsamples\.\d+\.[025](\.|$)",
+    "downsample": r"(^|\.)downsamples\.",
     "head": r"(^|\.)head(\.|$)",                      # pooled-feature norms, concat and classifier
-    "depthwise": r"\.dwconv\d(\.|$)",                 # each block's two 3x3 depthwise convolutions
-    "channel_scales": "",                             # x * per-channel constant (the folded residual gates)
 }
-# Kept float unless the caller says otherwise (measured trade-off in docs/tflite.md).
-DEFAULT_FLOAT_GROUPS = ("stem_input", "depthwise", "token_mixer", "head", "channel_scales")
 # --calib-method -> torchao observer of the activations (HistogramObserver: an L2-optimal clipping search)
 CALIBRATION_OBSERVERS = {"minmax": "MinMaxObserver", "entropy": "HistogramObserver", "percentile": "HistogramObserver"}
-# Random-weight M1-M4 calibrated on other photos than the ones judged: images cosine 0.9929-0.9939 with the
-# histogram search against 0.9897-0.9903 with min/max (docs/tflite.md).
-DEFAULT_CALIB_METHOD = "percentile"
 
 _FIXED_QPARAMS = {aten.softmax.int, aten._softmax.default, aten.sigmoid.default}
 _EXTRA_OPS = {aten.softmax.int: 1, aten._softmax.default: 1, aten.sigmoid.default: 1, aten.bmm.default: 2,
@@ -96,12 +96,10 @@ def decompose_silu(graph: GraphModule) -> GraphModule:
     return graph
 
 
-def make_quantizer(keep_float: Iterable[str] = (), float_layers: Iterable[str] = (), per_channel: bool = True,
-                   calib_method: str = DEFAULT_CALIB_METHOD):
+def make_quantizer(deploy: torch.nn.Module, float_groups: Iterable[str], per_channel: bool, calib_method: str):
     """litert-torch's PT2E quantizer, extended to the whole EfficientViM graph (see the module docstring).
 
-    ``keep_float`` names :data:`FLOAT_GROUPS`; ``float_layers`` names deploy-form modules
-    (``stages.0.1.mixer``, ``head``: the layer groups of :mod:`evim_deploy.quantize_report`).
+    ``float_groups`` names groups of :mod:`evim_deploy.quantize.groups` (of ``deploy``) kept float.
     """
     import dataclasses
 
@@ -110,14 +108,11 @@ def make_quantizer(keep_float: Iterable[str] = (), float_layers: Iterable[str] =
     from torchao.quantization.pt2e import observer as observers
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
-    unknown = sorted(set(keep_float) - set(FLOAT_GROUPS))
-    if unknown:
-        raise UsageError(f"unknown float group(s) {', '.join(unknown)}", f"choose from {', '.join(FLOAT_GROUPS)}")
     if calib_method not in CALIBRATION_OBSERVERS:
         raise UsageError(f"unknown calibration method {calib_method!r}", f"choose one of {', '.join(CALIBRATION_OBSERVERS)}")
-    float_patterns = [re.compile(FLOAT_GROUPS[group]) for group in keep_float if FLOAT_GROUPS[group]]
-    float_scales = "channel_scales" in keep_float
-    float_layers = tuple(float_layers)
+    named, float_layers = split_groups(float_groups, deploy)
+    float_patterns = [re.compile(MODULE_PATTERNS[group]) for group in named if MODULE_PATTERNS[group]]
+    float_scales = "residual" in named
 
     class EfficientViMQuantizer(pt2e.PT2EQuantizer):
         def quantizable(self, node: Node) -> bool:
@@ -158,16 +153,13 @@ def make_quantizer(keep_float: Iterable[str] = (), float_layers: Iterable[str] =
     return EfficientViMQuantizer().set_global(config)
 
 
-def quantize(module: torch.nn.Module, sample: torch.Tensor, calibration: CalibrationSet, layout: str = "nchw",
-             keep_float: Iterable[str] = (), float_layers: Iterable[str] = (), per_channel: bool = True,
-             calib_method: str = DEFAULT_CALIB_METHOD):
+def quantize(module: torch.nn.Module, deploy: torch.nn.Module, sample: torch.Tensor, calibration: CalibrationSet,
+             layout: str, float_groups: Iterable[str], per_channel: bool, calib_method: str):
     """Export, annotate, calibrate and convert ``module``; return the Q/DQ graph and litert's QuantConfig."""
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    if len(calibration) == 0:
-        raise UsageError("the calibration set is empty", "pass --calib DIR with at least one image")
-    quantizer = make_quantizer(keep_float, float_layers, per_channel, calib_method)
+    quantizer = make_quantizer(deploy, float_groups, per_channel, calib_method)
     prepared = prepare_pt2e(decompose_silu(torch.export.export(module, (sample,)).module()), quantizer)
     with torch.no_grad():
         for batch in track(calibration.batches(1), "calibrating", total=len(calibration)):

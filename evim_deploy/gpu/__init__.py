@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn as nn
 
-from ..errors import BackendUnavailableError, UsageError
+from ..errors import TargetUnavailableError, UsageError
 from .plan import Plan, build_plan
 
 __all__ = ["optimize_for_cuda", "for_device", "cuda_kernels_unavailable", "build_plan", "Plan", "DTYPES"]
@@ -68,7 +68,7 @@ def optimize_for_cuda(deploy: nn.Module, dtype: torch.dtype | str = torch.float1
     reason = cuda_kernels_unavailable() if kernels == "triton" else (
         None if torch.cuda.is_available() else "CUDA is not available")
     if reason:
-        raise BackendUnavailableError(reason, "use the plain deploy form (evim_deploy.gpu.for_device falls back to it)")
+        raise TargetUnavailableError(reason, "use the plain deploy form (evim_deploy.gpu.for_device falls back to it)")
     plan = build_plan(deploy, dtype).to(device)
     compile_seconds = None
     if kernels == "triton":
@@ -102,7 +102,7 @@ def for_device(deploy: nn.Module, device: str | torch.device = "cpu", dtype: tor
     if torch.device(device).type != "cuda":
         return deploy
     if not torch.cuda.is_available():
-        raise BackendUnavailableError(f"device {device} was asked for but CUDA is not available",
+        raise TargetUnavailableError(f"device {device} was asked for but CUDA is not available",
                                       "use --device cpu, or run on a machine with an NVIDIA GPU")
     reason = cuda_kernels_unavailable()
     if reason is None:

@@ -1,16 +1,10 @@
-"""Unified runtime: ``load(path)`` picks the backend from the file and returns a :class:`Backend`."""
+"""Runtimes, one module per target (``runtime/<target>.py``): an exported file opened for prediction.
+
+Every runtime implements :class:`Runtime`. :func:`evim_deploy.targets.load` picks the runtime from the file's
+suffix through the target table.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from .base import Runtime, softmax, top_k
 
-from ..backends import backend_for_path, get_backend
-from .base import Backend, softmax, top_k
-
-__all__ = ["Backend", "load", "softmax", "top_k"]
-
-
-def load(path: str | Path, threads: int | None = None, provider: str | None = None, backend: str | None = None,
-         **options) -> Backend:
-    """Open an exported model file (``.onnx``, ``.mlpackage``, ``.tflite``, ``.pt``) for prediction."""
-    spec = get_backend(backend) if backend else backend_for_path(path)
-    return spec.load_runtime()(path, threads=threads, provider=provider, **options)
+__all__ = ["Runtime", "softmax", "top_k"]

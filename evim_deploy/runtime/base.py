@@ -1,4 +1,4 @@
-"""The ``Backend`` protocol every runtime implements, and the input handling they share."""
+"""The ``Runtime`` protocol every target's runtime implements, and the input handling they share."""
 from __future__ import annotations
 
 import threading
@@ -16,7 +16,7 @@ from ..preprocess import preprocess
 ImageLike = str | Path | Image.Image
 
 
-class Backend(ABC):
+class Runtime(ABC):
     """A loaded model file. Subclasses implement ``_read``, ``_run`` and, if their input is not
     normalized NCHW float32, ``from_nchw``.
 
@@ -25,7 +25,7 @@ class Backend(ABC):
     ``run_nchw`` takes normalized NCHW float32 whatever the file's layout (used by ``verify``).
     """
 
-    name: str = "base"
+    name: str = "base"         # the target's name in the table
     thread_safe: bool = True   # False: calls are serialized with a lock
 
     def __init__(self, path: str | Path, threads: int | None = None, provider: str | None = None) -> None:
@@ -106,7 +106,7 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the runtime's resources."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> "Runtime":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,7 +119,7 @@ class Backend(ABC):
                 "outputs": [{"name": "logits", "shape": [batch, self.manifest.num_classes], "dtype": "float32"}]}
 
     def describe(self) -> dict:
-        return {"backend": self.name, "file": str(self.path), "input_shape": list(self.input_shape),
+        return {"target": self.name, "file": str(self.path), "input_shape": list(self.input_shape),
                 "input_dtype": str(self.input_dtype), "precision": self.manifest.precision}
 
 

@@ -1,4 +1,4 @@
-"""Core ML backend: a ``.mlpackage`` run by Core ML on macOS, or by the numpy MIL interpreter elsewhere.
+"""Core ML runtime: a ``.mlpackage`` run by Core ML on macOS, or by the numpy MIL interpreter elsewhere.
 
 Engines (``engine=``):
 
@@ -7,7 +7,7 @@ Engines (``engine=``):
 - ``"interpreter"``: :mod:`evim_deploy.runtime.mil_interpreter` evaluates the saved program in numpy,
   in the program's own precision. It gives the file's numbers, not Core ML's speed.
 - ``None`` (default): ``"coreml"`` on macOS; elsewhere ``"interpreter"``, announced with a warning.
-  So ``predict`` and ``verify`` work on Linux, while :attr:`CoreMLBackend.benchmark_unavailable` says
+  So ``predict`` and ``verify`` work on Linux, while :attr:`CoreMLRuntime.benchmark_unavailable` says
   why a latency measurement would be meaningless (benchmarks must skip the row and print it).
 
 Native input: for an image-input file, uint8 RGB pixels ``(1, H, W, 3)`` (what a camera frame
@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from ..console import warn
-from ..errors import BackendUnavailableError, UsageError
+from ..errors import TargetUnavailableError, UsageError
 from ..manifest import Manifest
-from .base import Backend
+from ..formats import coreml as coreml_format
+from .base import Runtime
 
 COMPUTE_UNITS = {"all": "ALL", "cpu": "CPU_ONLY", "cpu_gpu": "CPU_AND_GPU", "cpu_ne": "CPU_AND_NE"}
 ENGINES = ("coreml", "interpreter")
@@ -34,7 +35,12 @@ def default_engine() -> str:
     return "coreml" if sys.platform == "darwin" else "interpreter"
 
 
-class CoreMLBackend(Backend):
+def bench_unavailable() -> str | None:
+    """Why Core ML cannot be timed on this host (None on macOS)."""
+    return None if sys.platform == "darwin" else "needs macOS"
+
+
+class CoreMLRuntime(Runtime):
     """A ``.mlpackage`` (ML program) exported by evim-deploy."""
 
     name = "coreml"
@@ -56,19 +62,8 @@ class CoreMLBackend(Backend):
 
     # -------------------------------------------------------------------------------------- opening
     def _read(self) -> Manifest:
-        from ..export.coreml import import_coremltools, read_manifest_json
-        ct = import_coremltools()
-        if not self.path.is_dir():
-            raise UsageError(f"{self.path} is not an .mlpackage directory", "pass the .mlpackage folder")
-        try:
-            self.spec = ct.utils.load_spec(str(self.path))
-        except Exception as err:  # coremltools raises several types for a bad package
-            raise UsageError(f"{self.path} is not a loadable Core ML package ({str(err).splitlines()[0][:200]})",
-                             "re-export it with evim-deploy export --target coreml") from None
-        text = read_manifest_json(self.spec)
-        if text is None:
-            raise UsageError(f"{self.path} carries no evim-deploy manifest", "export it with evim-deploy")
-        manifest = Manifest.from_json(text)
+        self.spec = coreml_format.load_spec(self.path)
+        manifest = coreml_format.read_manifest(self.spec, self.path)
         feature = self.spec.description.input[0]
         self.input_name = feature.name
         self.image_input = feature.type.WhichOneof("Type") == "imageType"
@@ -80,15 +75,16 @@ class CoreMLBackend(Backend):
             self.input_dtype = np.dtype(np.float32)
         if self.engine == "coreml":
             if sys.platform != "darwin":
-                raise BackendUnavailableError(NEEDS_MACOS, "on Linux pass engine='interpreter' (numpy MIL "
+                raise TargetUnavailableError(NEEDS_MACOS, "on Linux pass engine='interpreter' (numpy MIL "
                                               "interpreter: the file's numbers, not Core ML's speed)")
+            ct = coreml_format.import_coremltools()
             self._model = ct.models.MLModel(str(self.path),
                                             compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[self.compute_units]))
         return manifest
 
     @property
     def benchmark_unavailable(self) -> str | None:
-        """Why this backend cannot be timed here (None when it can): the interpreter is not Core ML."""
+        """Why this file cannot be timed here (None when it can): the interpreter is not Core ML."""
         return None if self.engine == "coreml" else NEEDS_MACOS + "; the numpy MIL interpreter is not timed"
 
     @property
@@ -132,20 +128,7 @@ class CoreMLBackend(Backend):
 
     def io(self) -> dict:
         """Inputs and outputs as an app sees them: the image (or tensor), the classifier outputs, the logits."""
-        kind = "image" if self.image_input else "tensor"
-        inputs = [{"name": self.input_name, "shape": list(self.input_shape), "dtype": str(self.input_dtype),
-                   "kind": kind}]
-        outputs = []
-        for feature in self.spec.description.output:
-            which = feature.type.WhichOneof("Type")
-            if which == "multiArrayType":
-                array = feature.type.multiArrayType
-                dtype = type(array).ArrayDataType.Name(array.dataType).lower()  # FLOAT32 -> float32
-                outputs.append({"name": feature.name, "shape": [int(d) for d in array.shape], "dtype": dtype})
-            else:
-                outputs.append({"name": feature.name, "kind": "classifier",
-                                "dtype": "string" if which == "stringType" else "dict(string -> double)"})
-        return {"inputs": inputs, "outputs": outputs}
+        return coreml_format.describe_io(self.spec)
 
     def describe(self) -> dict:
         info = super().describe()

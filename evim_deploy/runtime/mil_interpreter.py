@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import EvimError, UsageError
+from ..formats import coreml as coreml_format
 
 WEIGHTS_DIR = ("Data", "com.apple.CoreML", "weights")
 
@@ -293,10 +294,9 @@ def _blockwise_shift_scale(a: Args) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ interpreter
 def load_program(package: str | Path) -> tuple[Any, Any]:
     """(spec, MIL program with weights) of a saved ``.mlpackage``, through coremltools."""
-    import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
     package = Path(package)
-    spec = ct.utils.load_spec(str(package))
+    spec = coreml_format.load_spec(package)
     if spec.WhichOneof("Type") != "mlProgram":
         raise UsageError(f"{package} is not an ML program ({spec.WhichOneof('Type')})",
                          "export it with evim-deploy export --target coreml")

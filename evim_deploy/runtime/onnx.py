@@ -1,4 +1,4 @@
-"""ONNX Runtime backend."""
+"""ONNX Runtime runtime: an ``.onnx`` file in an ONNX Runtime session."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..formats import onnx as onnx_format
 from ..manifest import Manifest
-from .base import Backend
-
-ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
-               "tensor(int8)": np.int8}
+from .base import Runtime
 
 
 def session_options(threads: int | None, profile: bool = False):
@@ -33,7 +31,7 @@ def session_options(threads: int | None, profile: bool = False):
     return options
 
 
-class OnnxBackend(Backend):
+class OnnxRuntime(Runtime):
     """An ``.onnx`` file in an ONNX Runtime session (CPU unless ``provider`` says otherwise)."""
 
     name = "onnx"
@@ -51,20 +49,16 @@ class OnnxBackend(Backend):
         except Exception as err:  # onnxruntime raises its own exception types
             raise UsageError(f"{self.path} is not a loadable ONNX model ({str(err).splitlines()[0][:200]})",
                              "re-export it with evim-deploy export --target onnx") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "evim_deploy.manifest" not in meta:
-            raise UsageError(f"{self.path} carries no evim-deploy manifest", "export it with evim-deploy")
+        manifest = onnx_format.read_manifest(self.session.get_modelmeta().custom_metadata_map, self.path)
         node = self.session.get_inputs()[0]
         self.input_name = node.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in node.shape)
-        self.input_dtype = np.dtype(ONNX_DTYPES.get(node.type, np.float32))
-        return Manifest.from_json(meta["evim_deploy.manifest"])
+        self.input_dtype = np.dtype(onnx_format.DTYPES.get(node.type, np.float32))
+        return manifest
 
     def io(self) -> dict:
-        def describe(nodes):
-            return [{"name": n.name, "shape": [d if isinstance(d, int) else None for d in n.shape],
-                     "dtype": str(np.dtype(ONNX_DTYPES.get(n.type, np.float32)))} for n in nodes]
-        return {"inputs": describe(self.session.get_inputs()), "outputs": describe(self.session.get_outputs())}
+        return {"inputs": onnx_format.describe_io(self.session.get_inputs()),
+                "outputs": onnx_format.describe_io(self.session.get_outputs())}
 
     def from_nchw(self, x: np.ndarray) -> np.ndarray:
         return x.astype(self.input_dtype, copy=False)

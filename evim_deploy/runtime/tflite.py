@@ -1,65 +1,20 @@
-"""LiteRT (TFLite) backend: ``ai_edge_litert.interpreter`` with XNNPACK, or the reference kernels.
+"""LiteRT (TFLite) runtime: ``ai_edge_litert.interpreter`` with XNNPACK, or the reference kernels.
 
-The file's manifest travels inside the flatbuffer as a named metadata buffer
-(:data:`MANIFEST_NAME`); it is read here with the flatbuffer schema that ships with
-``ai_edge_litert``, so loading needs no PyTorch.
+The manifest travels inside the flatbuffer (:mod:`evim_deploy.formats.tflite`), so loading needs no PyTorch.
 """
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import numpy as np
 
 from ..errors import UsageError
+from ..formats import tflite as tflite_format
 from ..manifest import Manifest
-from .base import Backend
-
-MANIFEST_NAME = "evim_deploy.manifest"
+from .base import Runtime
 
 
-def read_metadata(model: bytes, name: str) -> bytes | None:
-    """The bytes of the metadata buffer called ``name`` in a ``.tflite`` flatbuffer, or None."""
-    from ai_edge_litert import schema_py_generated as schema
-    root = schema.Model.GetRootAs(model, 0)
-    for i in range(root.MetadataLength()):
-        entry = root.Metadata(i)
-        if entry.Name() is not None and entry.Name().decode() == name:
-            buffer = root.Buffers(entry.Buffer())
-            if buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
-                return bytes(model[buffer.Offset():buffer.Offset() + buffer.Size()])
-            return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
-    return None
-
-
-def _enum_names(enum: type) -> dict[int, str]:
-    return {value: key for key, value in vars(enum).items() if not key.startswith("_")}
-
-
-def graph_summary(path: str | Path) -> dict[str, Any]:
-    """Operator histogram ``"OP dtype"`` (dtype of each operator's first output), the I/O tensors and size."""
-    from ai_edge_litert import schema_py_generated as schema
-    data = Path(path).read_bytes()
-    root = schema.Model.GetRootAs(data, 0)
-    graph = root.Subgraphs(0)
-    op_names, type_names = _enum_names(schema.BuiltinOperator), _enum_names(schema.TensorType)
-    ops: Counter[str] = Counter()
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        code = root.OperatorCodes(op.OpcodeIndex())
-        name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
-        ops[f"{name} {type_names[graph.Tensors(op.Outputs(0)).Type()]}"] += 1
-
-    def tensors(indices: np.ndarray) -> list[dict[str, Any]]:
-        return [{"name": graph.Tensors(t).Name().decode(), "shape": graph.Tensors(t).ShapeAsNumpy().tolist(),
-                 "dtype": type_names[graph.Tensors(t).Type()]} for t in indices]
-
-    return {"ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))), "operators": graph.OperatorsLength(),
-            "inputs": tensors(graph.InputsAsNumpy()), "outputs": tensors(graph.OutputsAsNumpy()), "bytes": len(data)}
-
-
-class TFLiteBackend(Backend):
+class TFLiteRuntime(Runtime):
     """A ``.tflite`` file in the LiteRT interpreter.
 
     XNNPACK runs it by default; ``reference_kernels=True`` uses TFLite's reference kernels
@@ -74,7 +29,7 @@ class TFLiteBackend(Backend):
     def __init__(self, path, threads=None, provider=None, reference_kernels: bool = False,
                  xnnpack: bool = True) -> None:
         if provider not in (None, "cpu", "CPUExecutionProvider"):
-            raise UsageError(f"the tflite backend has no provider {provider!r}",
+            raise UsageError(f"the tflite runtime has no provider {provider!r}",
                              "drop the provider: LiteRT runs on the CPU (XNNPACK or the reference kernels)")
         self.reference_kernels, self.xnnpack = reference_kernels, xnnpack and not reference_kernels
         super().__init__(path, threads=threads, provider=provider)
@@ -83,10 +38,10 @@ class TFLiteBackend(Backend):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
         data = self.path.read_bytes()
         try:
-            manifest_json = read_metadata(data, MANIFEST_NAME)
+            manifest = tflite_format.read_manifest(data)
         except Exception:  # the flatbuffer accessors fail in many ways on a file that is no flatbuffer
             self._refuse("it is not a TFLite flatbuffer")
-        if manifest_json is None:
+        if manifest is None:
             raise UsageError(f"{self.path} carries no evim-deploy manifest", "export it with evim-deploy")
         resolver = (OpResolverType.BUILTIN_REF if self.reference_kernels else
                     OpResolverType.AUTO if self.xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -100,7 +55,7 @@ class TFLiteBackend(Backend):
         self._output = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(d) for d in self._input["shape"])
         self.input_dtype = np.dtype(self._input["dtype"])
-        return Manifest.from_json(manifest_json.decode())
+        return manifest
 
     def _refuse(self, why: str) -> NoReturn:
         raise UsageError(f"{self.path} is not a loadable TFLite model ({why})",
@@ -135,14 +90,7 @@ class TFLiteBackend(Backend):
 
     def io(self) -> dict:
         """The file's real tensor names, shapes and dtypes, with scale / zero point of integer tensors."""
-        def node(detail: dict) -> dict:
-            dtype = np.dtype(detail["dtype"])
-            entry = {"name": detail["name"], "shape": [int(d) for d in detail["shape"]], "dtype": str(dtype)}
-            if dtype.kind in "iu":
-                scale, zero_point = detail["quantization"]
-                entry["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
-            return entry
-        return {"inputs": [node(self._input)], "outputs": [node(self._output)]}
+        return {"inputs": [tflite_format.describe_io(self._input)], "outputs": [tflite_format.describe_io(self._output)]}
 
     def describe(self) -> dict:
         kernels = "reference" if self.reference_kernels else "xnnpack" if self.xnnpack else "builtin"

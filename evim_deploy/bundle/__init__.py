@@ -1,7 +1,10 @@
-"""``export --target all``: one folder with every target and precision, verified, ready to drop into an app."""
+"""``export --target all``: one folder with every mobile target and precision, verified, ready to drop into an app.
+
+The folder holds the files, ``labels.txt``, ``manifest.json`` (:class:`Bundle` as JSON) and a ``README.md``
+for app developers (:mod:`.readme`).
+"""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,13 +12,14 @@ from typing import Any
 
 import torch
 
-from .backends import BACKENDS, get_backend
-from .calibration import CalibrationSet
-from .console import console
-from .errors import EvimError, UsageError
-from .export import export, staged_output
+from ..calibration import CalibrationSet
+from ..console import console
+from ..errors import EvimError, UsageError
+from ..files import artifact_bytes, artifact_digest, staged_output
+from ..targets import export, get_target, load, mobile_targets
+from .readme import render_readme
 
-MOBILE_TARGETS = ("onnx", "coreml", "tflite")
+__all__ = ["Bundle", "BundleFile", "build_bundle", "plan"]
 
 
 @dataclass
@@ -57,32 +61,22 @@ def plan(targets: list[str], precisions: list[str] | None) -> list[tuple[str, st
     """(target, precision) pairs: every precision asked for that the target writes (all by default)."""
     pairs = []
     for target in targets:
-        spec = get_backend(target)
-        wanted = [p for p in (precisions or spec.precisions) if p in spec.precisions]
-        pairs += [(target, p) for p in wanted]
+        spec = get_target(target)
+        pairs += [(target, p) for p in (precisions or spec.precisions) if p in spec.precisions]
     if not pairs:
+        written = dict.fromkeys(p for target in targets for p in get_target(target).precisions)
         raise UsageError(f"no target writes precision(s) {', '.join(precisions or [])}",
-                         "choose from fp32, fp16, int8 (and w8a8 for coreml)")
+                         f"choose from {', '.join(written)}")
     return pairs
 
 
-def _digest(path: Path) -> tuple[int, str]:
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    digest, total = hashlib.sha256(), 0
-    for f in files:
-        data = f.read_bytes()
-        total += len(data)
-        digest.update(data)
-    return total, digest.hexdigest()
-
-
 def _verify(path: Path, reference: torch.nn.Module, trained: bool, images: Path | None) -> tuple[dict, dict]:
-    from .runtime import load
-    from .verify import verify
-    with load(path) as backend:
-        report = verify(backend, reference, images, trained=trained).to_dict()
+    """verify's report (as a dict) and the file's I/O as an app sees it."""
+    from ..verify import verify
+    with load(path) as runtime:
+        report = verify(runtime, reference, images, trained=trained).to_dict()
         report["file"] = path.name
-        return report, backend.io()
+        return report, runtime.io()
 
 
 def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: str | Path,
@@ -90,24 +84,22 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
                  calibration: CalibrationSet | None = None, force: bool = False, trained: bool = False,
                  options: dict[str, dict[str, Any]] | None = None, images: Path | None = None) -> Bundle:
     """Export, verify (on ``images``, default the sample photos) and document every (target, precision);
-    write the folder atomically. ``options`` are per target; ``int8_io`` applies to its int8 file only."""
-    targets = list(targets or MOBILE_TARGETS)
-    pairs = plan(targets, precisions)
+    write the folder atomically. ``options`` are per target; each file gets those that apply to its precision
+    (:meth:`~evim_deploy.targets.TargetSpec.export_options`)."""
+    pairs = plan(list(targets or mobile_targets()), precisions)
     manifest = deploy.manifest
     with staged_output(output, force) as staged:
         staged.mkdir()
         bundle = Bundle(Path(output), {})
         for target, precision in pairs:
-            spec = BACKENDS[target]
+            spec = get_target(target)
             entry = BundleFile(f"model-{precision}{spec.suffix}", target, precision)
             bundle.files.append(entry)
             console.print(f"{target} {precision} → {entry.file}", style="bold")
             try:
-                target_options = dict((options or {}).get(target, {}))
-                if precision != "int8":
-                    target_options.pop("int8_io", None)
-                path = export(deploy, target, staged / entry.file, precision, calibration, **target_options)
-                entry.bytes, entry.sha256 = _digest(path)
+                path = export(deploy, target, staged / entry.file, precision, calibration,
+                              **spec.export_options(precision, (options or {}).get(target, {})))
+                entry.bytes, entry.sha256 = artifact_bytes(path), artifact_digest(path)
                 entry.verify, entry.io = _verify(path, reference, trained, images)
             except EvimError as err:
                 entry.error = str(err)
@@ -122,6 +114,5 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
                       files=[vars(f) for f in bundle.files])
         bundle.manifest = common
         (staged / "manifest.json").write_text(json.dumps(common, indent=2))
-        from .bundle_docs import render_readme
         (staged / "README.md").write_text(render_readme(bundle))
     return bundle

@@ -1,12 +1,15 @@
-"""Layer groups, ONNX node-to-group mapping and the fewest-float-groups search (with a scripted scorer)."""
+"""The float-group vocabulary (named and layer groups), ONNX node-to-group mapping and the fewest-float-groups
+search (with a scripted scorer)."""
 from __future__ import annotations
 
 import pytest
 
-from conftest import deploy_model
 from evim_deploy.errors import UsageError
-from evim_deploy.quantize_report import (FidelityChoice, Score, choose_float_groups, in_groups, layer_groups,
-                                         onnx_module_path, onnx_nodes_in_groups)
+from evim_deploy.export.onnx_int8 import nodes_in_layer_groups, onnx_module_path
+from evim_deploy.quantize.fidelity import FidelityChoice, choose_float_groups
+from evim_deploy.quantize.groups import in_groups, layer_groups, split_groups
+from evim_deploy.quantize.sensitivity import Score
+from evim_deploy.testing import deploy_model
 
 
 def test_layer_groups_cover_every_block_part_in_order():
@@ -38,18 +41,27 @@ def test_group_membership_is_by_whole_path_components():
     assert not in_groups("stages.1.0.mixer", ["stages.1.0.residual"])
 
 
+def test_named_groups_expand_aliases_and_unknown_names_are_refused():
+    deploy = deploy_model("tiny", (64, 64))
+    named, layers = split_groups(["depthwise", "head", "stages.0.0.mixer", "block_depthwise"], deploy)
+    assert named == ("block_depthwise", "downsample_depthwise", "head") and layers == ("stages.0.0.mixer",)
+    with pytest.raises(UsageError, match="unknown float group 'stages.9.0.mixer'") as err:
+        split_groups(["stages.9.0.mixer"], deploy)
+    assert "stem_input" in err.value.fix and "downsamples.<i>" in err.value.fix
+
+
 def test_every_onnx_node_of_a_group_is_found():
     from evim_deploy.export.onnx import ort_layout, simplify, trace_to_onnx
     graph = simplify(trace_to_onnx(ort_layout(deploy_model("tiny", (64, 64)))))
-    mixer = onnx_nodes_in_groups(graph, ["stages.0.0.mixer"])
+    mixer = nodes_in_layer_groups(graph, ["stages.0.0.mixer"])
     assert mixer and all(name.startswith("/stages.0.0/mixer/") for name in mixer)
     assert {n.op_type for n in graph.graph.node if n.name in mixer} >= {"Softmax", "MatMul", "LayerNormalization"}
-    covered = set(onnx_nodes_in_groups(graph, layer_groups(deploy_model("tiny", (64, 64)))))
+    covered = set(nodes_in_layer_groups(graph, layer_groups(deploy_model("tiny", (64, 64)))))
     uncovered = {n.op_type for n in graph.graph.node if n.name not in covered}
     assert uncovered <= {"Reshape", "Transpose"}, uncovered  # only the final layout change is in no group
-    residual = {n.op_type for n in graph.graph.node if n.name in onnx_nodes_in_groups(graph, ["stages.0.0.residual"])}
+    residual = {n.op_type for n in graph.graph.node if n.name in nodes_in_layer_groups(graph, ["stages.0.0.residual"])}
     assert {"Add", "Mul"} <= residual
-    assert onnx_nodes_in_groups(graph, []) == []
+    assert nodes_in_layer_groups(graph, []) == []
 
 
 class ScriptedScorer:
@@ -73,7 +85,7 @@ class ScriptedScorer:
 
 def test_no_float_group_when_all_int8_already_reaches_the_target():
     choice = choose_float_groups(ScriptedScorer({"a": 0.001, "b": 0.001}), 0.995)
-    assert choice.float_groups == () and choice.record()["float_layers"] == []
+    assert choice.float_groups == () and choice.record()["float_groups"] == []
 
 
 def test_greedy_takes_the_most_sensitive_group_first():

@@ -1,0 +1,157 @@
+"""The TFLite flatbuffer: the manifest in a named metadata buffer, the operator summary, the tensors' I/O with
+their quantization, and the Kotlin (LiteRT ``Interpreter``) snippet an Android app starts from.
+
+Everything is read with the flatbuffer schema that ships with ``ai_edge_litert``: no TensorFlow, no PyTorch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..manifest import Manifest
+from . import MANIFEST_KEY, FileSummary, io_entry, layout_of, op_histogram, shape_text
+
+# Ops that move or (de)quantize data rather than compute: left out of the float-ops count of an int8 file.
+BOOKKEEPING_OPS = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SLICE", "PAD", "CONCATENATION")
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+    return schema
+
+
+def read_manifest(content: bytes) -> Manifest | None:
+    """The manifest in a ``.tflite`` flatbuffer's metadata, or None."""
+    data = read_metadata(content, MANIFEST_KEY)
+    return None if data is None else Manifest.from_json(data.decode())
+
+
+def read_metadata(content: bytes, name: str) -> bytes | None:
+    """The bytes of the metadata buffer called ``name``, or None."""
+    root = _schema().Model.GetRootAs(content, 0)
+    for i in range(root.MetadataLength()):
+        entry = root.Metadata(i)
+        if entry.Name() is not None and entry.Name().decode() == name:
+            buffer = root.Buffers(entry.Buffer())
+            if buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
+                return bytes(content[buffer.Offset():buffer.Offset() + buffer.Size()])
+            return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+    return None
+
+
+def embed_manifest(content: bytes, manifest: Manifest) -> bytes:
+    """``content`` with the manifest in a metadata buffer (replacing an earlier one)."""
+    schema = _schema()
+    from ai_edge_litert.tools import flatbuffer_utils
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    model.buffers.append(schema.BufferT())
+    model.buffers[-1].data = np.frombuffer(manifest.to_json().encode(), dtype=np.uint8)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = MANIFEST_KEY, len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or [] if m.name not in (MANIFEST_KEY, MANIFEST_KEY.encode())] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _enum_names(enum: type) -> dict[int, str]:
+    return {value: key for key, value in vars(enum).items() if not key.startswith("_")}
+
+
+def summary(path: str | Path) -> FileSummary:
+    """Operator histogram ``"OP dtype"`` (dtype of each operator's first output), the I/O tensors and size."""
+    schema = _schema()
+    data = Path(path).read_bytes()
+    root = schema.Model.GetRootAs(data, 0)
+    graph = root.Subgraphs(0)
+    op_names, type_names = _enum_names(schema.BuiltinOperator), _enum_names(schema.TensorType)
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = root.OperatorCodes(op.OpcodeIndex())
+        name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        ops.append(f"{name} {type_names[graph.Tensors(op.Outputs(0)).Type()]}")
+
+    def tensors(indices: np.ndarray) -> list[dict[str, Any]]:
+        return [{"name": graph.Tensors(t).Name().decode(), "shape": graph.Tensors(t).ShapeAsNumpy().tolist(),
+                 "dtype": type_names[graph.Tensors(t).Type()]} for t in indices]
+
+    inputs = tensors(graph.InputsAsNumpy())
+    first = inputs[0]
+    return FileSummary(op_histogram(ops), graph.OperatorsLength(), len(data), "operators",
+                       {"inputs": inputs, "outputs": tensors(graph.OutputsAsNumpy()),
+                        "line": (f"input {first['shape']} {first['dtype'].lower()}",)})
+
+
+def float_compute_ops(path: str | Path) -> dict[str, int]:
+    """Compute ops of an int8 file that still run in float32 (layout and (de)quantize ops left out)."""
+    return {op: n for op, n in summary(path).ops.items()
+            if op.endswith(" FLOAT32") and op.split()[0] not in BOOKKEEPING_OPS}
+
+
+def io_quantization(content: bytes) -> dict[str, dict[str, Any] | None]:
+    """Scale and zero point of the graph's input and output tensors (None where float)."""
+    schema = _schema()
+    graph = schema.Model.GetRootAs(content, 0).Subgraphs(0)
+
+    def params(index: int) -> dict[str, Any] | None:
+        tensor = graph.Tensors(index)
+        quant = tensor.Quantization()
+        if tensor.Type() == schema.TensorType.FLOAT32 or quant is None or not quant.ScaleLength():
+            return None
+        return {"scale": float(quant.Scale(0)), "zero_point": int(quant.ZeroPoint(0)),
+                "dtype": "int8" if tensor.Type() == schema.TensorType.INT8 else "uint8"}
+
+    return {"input": params(graph.Inputs(0)), "output": params(graph.Outputs(0))}
+
+
+def describe_io(detail: dict[str, Any]) -> dict[str, Any]:
+    """One interpreter tensor detail as an I/O entry, with scale / zero point if integer."""
+    dtype = np.dtype(detail["dtype"])
+    more = {}
+    if dtype.kind in "iu":
+        scale, zero_point = detail["quantization"]
+        more["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+    return io_entry(detail["name"], [int(d) for d in detail["shape"]], str(dtype), **more)
+
+
+def kotlin_snippet(file: str, io: dict[str, Any], m: dict[str, Any]) -> str:
+    """LiteRT ``Interpreter`` code for this file's real input (NHWC or NCHW, float or int8) and output."""
+    node = (io.get("inputs") or [{}])[0]
+    shape = node.get("shape", [1, 3, *m["input_size"]])
+    nhwc = layout_of(shape) == "NHWC"
+    h, w = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
+    int8 = node.get("dtype") == "int8"
+    q = node.get("quantization") or {}
+    out = (io.get("outputs") or [{}])[0]
+    mean = ", ".join(f"{v}f" for v in m["mean"])
+    std = ", ".join(f"{v}f" for v in m["std"])
+    put = (f"input.put(((x / {q.get('scale')}f).roundToInt() + {q.get('zero_point')}).coerceIn(-128, 127).toByte())"
+           if int8 else "input.putFloat(x)")
+    value = "val x = (((p shr (16 - 8 * c)) and 0xFF) / 255f - mean[c]) / std[c]"
+    loop = (f"for (p in pixels) for (c in 0 until 3) {{ {value}; {put} }}" if nhwc else
+            f"for (c in 0 until 3) for (p in pixels) {{ {value}; {put} }}")
+    read_out = (f"val raw = Array(1) {{ ByteArray({m['num_classes']}) }}\ninterpreter.run(input, raw)\n"
+                f"val o = interpreter.getOutputTensor(0).quantizationParams()\n"
+                f"val logits = raw[0].map {{ (it - o.zeroPoint) * o.scale }}"
+                if out.get("dtype") == "int8" else
+                f"val out = Array(1) {{ FloatArray({m['num_classes']}) }}\ninterpreter.run(input, out)\nval logits = out[0]")
+    return f"""```kotlin
+import org.tensorflow.lite.Interpreter
+import org.tensorflow.lite.support.common.FileUtil
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import kotlin.math.roundToInt
+
+// {file}: input {shape_text(shape)} {layout_of(shape)} {node.get('dtype')}; bitmap is {h}x{w} after
+// resizing the short side to {m['resize_size'][0]} ({m['interpolation']}) and centre-cropping.
+val interpreter = Interpreter(FileUtil.loadMappedFile(context, "{file}"), Interpreter.Options().setNumThreads(4))
+val mean = floatArrayOf({mean}); val std = floatArrayOf({std})
+val pixels = IntArray({h} * {w}).also {{ bitmap.getPixels(it, 0, {w}, 0, 0, {w}, {h}) }}
+val input = ByteBuffer.allocateDirect({h} * {w} * 3 * {1 if int8 else 4}).order(ByteOrder.nativeOrder())
+{loop}
+input.rewind()
+{read_out}
+val labels = context.assets.open("labels.txt").bufferedReader().readLines()
+val top = logits.withIndex().sortedByDescending {{ it.value }}.take(5).map {{ labels[it.index] }}
+```"""
