@@ -89,7 +89,7 @@ def check_refuses_existing_output(spec: TargetSpec, deploy: Any, path: Path) -> 
     """A second export onto an existing file is refused and leaves the file as it was."""
     before = artifact_digest(path)
     try:
-        export(deploy, spec.name, path, spec.default_precision if spec.default_precision != "int8" else None)
+        export(deploy, spec.name, path, spec.default_precision)
     except UsageError as err:
         assert "already exists" in str(err) and "--force" in str(err)
     else:
