@@ -1,14 +1,16 @@
 """``evim-deploy``: builds the parser from the command modules (:mod:`evim_deploy.commands`), dispatches, and
-turns every error into one line and an exit code."""
+turns every error into one line and an exit code. A command module with ``QUIET = True`` runs inside
+:func:`~evim_deploy.console.quiet` (third-party log noise off the terminal) unless ``--debug`` is given."""
 from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from typing import Sequence
 
 from . import __version__
 from .commands import COMMANDS
-from .console import console
+from .console import console, quiet, set_debug
 from .errors import EvimError
 
 
@@ -16,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evim-deploy",
                                      description=f"evim-deploy: {', '.join(c.NAME for c in COMMANDS)}")
     parser.add_argument("--version", action="version", version=f"evim-deploy {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks and third-party libraries' log output (converters, runtimes)")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.configure(sub.add_parser(command.NAME, help=command.HELP, description=command.HELP))
@@ -25,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run = next(c.run for c in COMMANDS if c.NAME == args.command)
+    command = next(c for c in COMMANDS if c.NAME == args.command)
+    set_debug(args.debug)
     try:
-        return run(args)
+        with quiet() if getattr(command, "QUIET", False) else nullcontext():
+            return command.run(args)
     except EvimError as err:
         if args.debug:
             raise

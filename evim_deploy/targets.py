@@ -18,17 +18,20 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .calibration import CalibrationSet
 from .errors import MissingExtraError, UsageError
 from .export import coreml as coreml_export
+from .export import executorch as executorch_export
 from .export import onnx as onnx_export
 from .export import tflite as tflite_export
 from .export import torch as torch_export
 from .files import refuse_existing, staged_output
 from .formats import FileSummary
 from .formats import coreml as coreml_format
+from .formats import executorch as executorch_format
 from .formats import onnx as onnx_format
 from .formats import tflite as tflite_format
 from .formats import torch as torch_format
 from .runtime import Runtime
 from .runtime import coreml as coreml_runtime
+from .runtime import executorch as executorch_runtime
 from .runtime import onnx as onnx_runtime
 from .runtime import tflite as tflite_runtime
 from .runtime import torch as torch_runtime
@@ -163,6 +166,12 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in [
                                 "kernels instead of XNNPACK (slow; a numerics check)"}),),
         snippet=tflite_format.kotlin_snippet, on_device_benchmark=True),
     TargetSpec(
+        "executorch", ".pte", "ExecuTorch program with the XNNPACK delegate for Android, iOS and embedded Linux",
+        executorch_export.export_executorch, executorch_runtime.ExecuTorchRuntime, executorch_format.summary,
+        "executorch", ("executorch",), ("fp32", "fp16", "int8"), "fp32", calibrated=("int8",), mixed_precision=True,
+        default_float_groups=executorch_export.DEFAULT_FLOAT_GROUPS,
+        default_calib_method=executorch_export.DEFAULT_CALIB_METHOD, snippet=executorch_format.kotlin_snippet),
+    TargetSpec(
         "torch", ".pt2", "torch.export archive of the deploy form, run in eager PyTorch (reference runtime)",
         torch_export.export_torch, torch_runtime.TorchRuntime, torch_format.summary, None, ("torch",),
         ("fp32",), "fp32", mobile=False),
@@ -221,7 +230,7 @@ def export(model: "torch.nn.Module", target: str = "onnx", output: str | Path | 
 
 def load(path: str | Path, target: str | None = None, threads: int | None = None, provider: str | None = None,
          **options: Any) -> Runtime:
-    """Open an exported file (``.onnx``, ``.mlpackage``, ``.tflite``, ``.pt2``) with its target's runtime."""
+    """Open an exported file (``.onnx``, ``.mlpackage``, ``.tflite``, ``.pte``, ``.pt2``) with its target's runtime."""
     spec = get_target(target) if target else target_for_path(path)
     spec.check_installed()
     return spec.runtime(path, threads=threads, provider=provider, **options)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evim_deploy.model import reparameterize
-from evim_deploy.testing import write_photos
+from evim_deploy.testing import scenes_trained_model, write_photos, write_scene_folders
 from evim_deploy.testing.train_fixture import trained_model, write_image_folders
 
 torch.set_num_threads(2)
@@ -43,6 +43,18 @@ def digits(tmp_path_factory):
 def trained():
     """EfficientViM ``tiny`` with the committed checkpoint trained on digits (evim_deploy.testing)."""
     return trained_model()
+
+
+@pytest.fixture(scope="session")
+def scenes_model():
+    """EfficientViM M1 with the committed fp16 checkpoint trained on digit scenes, cast to fp32."""
+    return scenes_trained_model()
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory):
+    """The full-size fixture's digit scenes: ``heldout`` (500, ImageNet-val layout) and ``calib`` (256)."""
+    return write_scene_folders(tmp_path_factory.mktemp("scenes"))
 
 
 @pytest.fixture(scope="session")

@@ -45,12 +45,14 @@ def test_output_exists_is_refused_without_force(cli, small_onnx):
     assert small_onnx.stat().st_mtime_ns == before
 
 
-def test_force_overwrites(cli, tmp_path):
+def test_force_overwrites(cli, small_onnx, tmp_path):
+    """An earlier export is replaced; a file evim-deploy did not write never is (tests/test_force.py)."""
     out = tmp_path / "m.onnx"
-    out.write_bytes(b"old")
-    code, _, err = cli("export", "--target", "onnx", "--resolution", "64", "--output", out, "--force",
-                           "--no-verify")
-    assert code == 0, err and out.stat().st_size > 1000
+    out.write_bytes(small_onnx.read_bytes())
+    code, _, err = cli("export", "--target", "onnx", "--resolution", "64", "--seed", "1", "--output", out, "--force",
+                       "--no-verify")
+    assert code == 0, err
+    assert out.read_bytes() != small_onnx.read_bytes() and list(tmp_path.iterdir()) == [out]
 
 
 def test_unwritable_output_path(cli, tmp_path):

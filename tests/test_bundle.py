@@ -76,3 +76,23 @@ def test_swift_snippets_name_the_compiled_model_and_the_image_input(bundle):
         assert image["kind"] == "image" and f"`{image['name']}`" in text and "RGB image" in text
         assert f'forResource: "{name.removesuffix(".mlpackage")}", withExtension: "mlmodelc"' in text
         assert f"takes a {h}x{w} RGB image" in text
+
+
+def test_random_weights_report_top1_without_judging_it(tmp_path, capsys):
+    """The demo's bundle (no checkpoint): top-1 of near-tied random logits is shown, never a FAIL; with a
+    checkpoint the same file is judged on it as before."""
+    from evim_deploy.bundle import _verify, build_bundle
+    from evim_deploy.commands.common import print_bundle
+    from evim_deploy.samples import sample_calibration
+    from evim_deploy.testing import deploy_model, randomized_model
+    from evim_deploy.verify import TRAINED_INT8
+    model, deploy = randomized_model("tiny"), deploy_model("tiny", (64, 64))
+    bundle = build_bundle(model, deploy, tmp_path / "b", targets=["onnx"], precisions=["int8"],
+                          calibration=sample_calibration(deploy.manifest, count=16))
+    (entry,) = bundle.files
+    assert "top1" not in entry.verify["thresholds"] and "cosine" in entry.verify["thresholds"]
+    assert "top1" in entry.verify["metrics"]["images"] and not any("top-1" in f for f in entry.verify["failures"])
+    print_bundle(bundle)
+    assert "top-1: reported, not judged (random weights)" in " ".join(capsys.readouterr().err.split())
+    judged, _ = _verify(tmp_path / "b" / entry.file, model, True, None)
+    assert judged["thresholds"]["top1"] == TRAINED_INT8["top1"]

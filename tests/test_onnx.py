@@ -136,6 +136,7 @@ def test_int8_random_weights_meets_the_cosine_bound(m1_files):
     extra = backend.manifest.extra
     assert extra["calib_method"] == "minmax" and extra["per_channel"] is True
     assert extra["float_groups"] == list(DEFAULT_FLOAT_GROUPS) and "8 images" in extra["calibration"]
+    assert extra["int8_format"]["name"] == "portable" and extra["int8_format"]["product_weight_bits"] == 7
 
 
 @pytest.mark.parametrize("method", ["minmax", pytest.param("entropy", marks=pytest.mark.slow), "percentile"])

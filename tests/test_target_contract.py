@@ -18,7 +18,7 @@ from evim_deploy.testing import contract
 
 PACKAGE = Path(__file__).resolve().parents[1] / "evim_deploy"
 # INT8 conversions of the slower converters take most of this module's time: the slow tier
-SLOW = {("tflite", "int8"), ("tflite", "fp16"), ("coreml", "w8a8")}
+SLOW = {("tflite", "int8"), ("tflite", "fp16"), ("coreml", "w8a8"), ("executorch", "int8")}
 CASES = [pytest.param(name, precision, id=f"{name}-{precision}",
                       marks=[pytest.mark.slow] if (name, precision) in SLOW else [])
          for name, spec in TARGETS.items() for precision in spec.precisions]

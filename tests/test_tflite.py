@@ -17,8 +17,10 @@ from evim_deploy.calibration import load_calibration  # noqa: E402
 from evim_deploy.errors import MissingExtraError, UsageError  # noqa: E402
 from evim_deploy.export.tflite import DEFAULT_FLOAT_GROUPS  # noqa: E402
 from evim_deploy.formats import MANIFEST_KEY  # noqa: E402
-from evim_deploy.formats.tflite import float_compute_ops, read_metadata, summary  # noqa: E402
+from evim_deploy.export.tflite import XNNPACK_RATIOS, _xnnpack_takes  # noqa: E402
+from evim_deploy.formats.tflite import float_compute_ops, float_weights, read_metadata, summary  # noqa: E402
 from evim_deploy.manifest import Manifest  # noqa: E402
+from evim_deploy.model import reparameterize  # noqa: E402
 from evim_deploy.preprocess import list_images, preprocess  # noqa: E402
 from evim_deploy.targets import TargetSpec, export, load  # noqa: E402
 from evim_deploy.testing import deploy_model, randomized_model  # noqa: E402
@@ -28,6 +30,8 @@ from evim_deploy.verify import Metrics, verify  # noqa: E402
 SIZE = (128, 128)
 INT8_SIZE = (224, 224)
 LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "LOGISTIC", "ADD", "MUL")
+WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+ISLANDS = ("stem_input", "depthwise", "token_mixer", "head", "residual")  # the earlier default's float islands, and more
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +49,18 @@ def m1_files(tmp_path_factory, photo_dir):
 
 @pytest.fixture(scope="module")
 def tiny_int8(trained_deploy, digits, tmp_path_factory):
-    """The trained fixture in INT8: the default policy (float I/O), and full integer with int8 I/O."""
+    """The trained fixture in INT8, calibrated on training digits and judged on held-out ones: the default
+    policy (float I/O), float islands (int8 weights, float activations), int8 I/O, and every op int8 (softmax and
+    state products too, ``xnnpack=False``)."""
     calibration = load_calibration(digits["calib"], trained_deploy.manifest, samples=64)
     folder = tmp_path_factory.mktemp("tiny")
     return {"default": export(trained_deploy, "tflite", folder / "tiny_int8.tflite", "int8", calibration),
+            "islands": export(trained_deploy, "tflite", folder / "tiny_islands.tflite", "int8", calibration,
+                              float_groups=ISLANDS),
             "int8_io": export(trained_deploy, "tflite", folder / "tiny_int8io.tflite", "int8", calibration,
-                              int8_io=True, float_groups=())}
+                              int8_io=True, float_groups=()),
+            "all_int8": export(trained_deploy, "tflite", folder / "tiny_allint8.tflite", "int8", calibration,
+                               int8_io=True, float_groups=(), xnnpack=False)}
 
 
 def _operators(path) -> list[tuple[str, list[int], list]]:
@@ -123,35 +133,91 @@ def test_fp16_stores_half_weights_and_meets_the_cosine_bound(m1_files):
 
 # ------------------------------------------------------------------------------------------------- INT8
 @pytest.mark.slow
-def test_int8_random_weights_meets_the_cosine_bound(m1_files):
-    """Random weights leave near-ties between classes: top-1 agreement there is noise (as for ONNX); the
-    cosine bound holds, and decisions are judged on the trained fixture below."""
+def test_int8_random_weights_stays_near_float(m1_files):
+    """Random weights leave near-ties between classes: top-1 agreement there is noise (as for ONNX), and
+    decisions are judged on the trained fixtures below. Random weights amplify every int8 step: the default
+    file gives cosine 0.990-0.992 on the photos and ~0.98 on Gaussian inputs (outside any photo calibration),
+    where no single float group reaches 0.99 (docs/tflite.md); these bounds catch a broken file."""
     with load(m1_files["int8"]) as backend:
         report = verify(backend, randomized_model("m1"))
         extra = backend.manifest.extra
-    assert all(m.cosine >= 0.99 for m in report.metrics.values()), report.summary()
-    assert all("top-1" in failure for failure in report.failures), report.failures
-    assert extra["float_groups"] == list(DEFAULT_FLOAT_GROUPS) and extra["int8_io"] is False
+    assert report.metrics["images"].cosine >= 0.985 and report.metrics["random"].cosine >= 0.97, report.summary()
+    assert extra["float_groups"] == list(DEFAULT_FLOAT_GROUPS) and extra["int8_io"] is False and extra["xnnpack"]
     assert extra["io_quantization"] == {"input": None, "output": None} and "8 images" in extra["calibration"]
     assert (extra["calib_method"], extra["calib_observer"], extra["per_channel"]) == ("percentile", "HistogramObserver", True)
 
 
 @pytest.mark.slow
-def test_default_policy_runs_the_convolutions_and_projections_in_int8(m1_files):
+def test_default_int8_is_integer_but_the_depthwise_convs_and_what_xnnpack_has_no_int8_kernel_for(m1_files):
     int8 = summary(m1_files["int8"])
     ops = int8.ops
-    # stem (but its first conv), FFN 1x1 convs, downsampling and the token projections: int8
-    assert ops["CONV_2D INT8"] >= 20 and ops["FULLY_CONNECTED INT8"] >= 6 and ops["CONV_2D FLOAT32"] == 1
-    left_float = float_compute_ops(m1_files["int8"])
-    assert {"RSQRT FLOAT32", "SOFTMAX FLOAT32", "BATCH_MATMUL FLOAT32"} <= set(left_float)  # the token mixer
+    # every other convolution, FFN, projection and the classifier: int8 (the int8 depthwise convs: bcdt_dw)
+    assert ops["CONV_2D INT8"] >= 24 and ops["FULLY_CONNECTED INT8"] >= 19 and ops["DEPTHWISE_CONV_2D INT8"] == 6
+    left_float = {op.split()[0] for op in float_compute_ops(m1_files["int8"])}
+    # float: the depthwise convs (the default group), LayerNorm's arithmetic, the token softmax and both state
+    # products (no XNNPACK int8 kernel for them)
+    assert {"RSQRT", "SOFTMAX", "BATCH_MATMUL"} <= left_float and left_float & WEIGHT_OPS == {"DEPTHWISE_CONV_2D"}
     assert int8.details["inputs"][0]["dtype"] == "FLOAT32"
+    with load(m1_files["int8"], threads=2) as backend:  # one XNNPACK partition: no op on TFLite's own kernels
+        assert backend.delegation() == {"partitions": 1, "undelegated": {}}
 
 
 @pytest.mark.slow
-def test_int8_of_the_trained_fixture_keeps_the_decisions(trained, digits, tiny_int8):
-    with load(tiny_int8["default"]) as backend:
+def test_int8_file_is_under_a_third_of_fp32_and_names_its_float_weights(m1_files):
+    """Issue 15: INT8 files <= 0.3x fp32. (The fp32 file is at 128x128: the weights do not depend on it.)"""
+    int8, fp32 = m1_files["int8"].read_bytes(), m1_files["fp32"].read_bytes()
+    assert len(int8) <= 0.3 * len(fp32), len(int8) / len(fp32)
+    left = float_weights(int8)  # float layers' biases, LayerNorm scales and shifts, D, the gates' constants
+    assert left and sum(c["bytes"] for c in left) <= 0.01 * len(int8)
+    assert all(len(c["shape"]) == 1 for c in left if set(c["readers"]) & WEIGHT_OPS)  # no layer's weights
+
+
+def test_xnnpack_scale_rules():
+    """The int8 ops XNNPACK refuses for their scales (they become float between DEQUANTIZE and QUANTIZE)."""
+    assert _xnnpack_takes("ADD", [1.18, 0.5, 1.18]) and not _xnnpack_takes("ADD", [1.18, 3.7e-4, 1.18])
+    assert _xnnpack_takes("MUL", [0.1, 0.01, 0.01]) and not _xnnpack_takes("MUL", [1e-3, 1e-3, 1.0])
+    assert XNNPACK_RATIOS["MAXIMUM"] is None and not _xnnpack_takes("MAXIMUM", [1.0, 1.0, 1.0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["default", "islands"])
+def test_int8_of_the_trained_fixture_keeps_the_decisions(trained, digits, tiny_int8, policy):
+    with load(tiny_int8[policy]) as backend:
+        assert backend.delegation() == {"partitions": 1, "undelegated": {}}
         report = verify(backend, trained, digits["heldout"], trained=True)
     assert report.passed, report.summary()  # cosine >= 0.995 and top-1 >= 99% on held-out digits
+
+
+@pytest.mark.slow
+def test_int8_of_the_trained_m1_meets_the_bounds_in_a_third_of_the_bytes(scenes_model, scenes, tmp_path):
+    """Issue 15 on the full-size fixture (M1, 224x224, trained on digit scenes): the default INT8 file,
+    calibrated on calibration scenes and judged on the 500 held-out ones, meets the trained bounds (cosine
+    >= 0.995, top-1 agreement >= 99 %, top-1 drop <= 0.5 point), is <= 0.3x the fp32 file and runs as one
+    XNNPACK partition."""
+    from evim_deploy.evaluate import agreement, evaluate_file, evaluate_reference
+    deploy = reparameterize(scenes_model, (224, 224))
+    calibration = load_calibration(scenes["calib"], deploy.manifest, samples=128)
+    int8 = export(deploy, "tflite", tmp_path / "m1_int8.tflite", "int8", calibration)
+    fp32 = export(deploy, "tflite", tmp_path / "m1_fp32.tflite", "fp32")
+    assert int8.stat().st_size <= 0.3 * fp32.stat().st_size
+    with load(int8, threads=2) as backend:
+        assert backend.delegation() == {"partitions": 1, "undelegated": {}}
+    reference = evaluate_reference(scenes_model, scenes["heldout"])
+    result = evaluate_file(int8, scenes["heldout"], threads=2)
+    agree = agreement(reference.logits, result.logits)
+    assert agree["cosine"] >= 0.995 and agree["top1"] >= 0.99 and reference.top1 - result.top1 <= 0.005, (agree, result)
+
+
+@pytest.mark.slow
+def test_float_islands_keep_int8_weights(tiny_int8):
+    """Float groups keep their activations float, not their weights: a float FULLY_CONNECTED is hybrid (int8
+    weights, input quantized per row at run time), a float convolution reads int8 weights through a DEQUANTIZE."""
+    islands = tiny_int8["islands"]
+    float_ops = float_compute_ops(islands)
+    assert float_ops.get("FULLY_CONNECTED FLOAT32", 0) >= 4 and float_ops.get("DEPTHWISE_CONV_2D FLOAT32", 0) >= 6
+    left = float_weights(islands.read_bytes())  # the float layers' biases stay float, their weights are int8
+    assert left and all(len(c["shape"]) == 1 for c in left if set(c["readers"]) & WEIGHT_OPS)
+    assert islands.stat().st_size <= 1.05 * tiny_int8["default"].stat().st_size
 
 
 @pytest.mark.slow
@@ -166,19 +232,22 @@ def test_xnnpack_and_reference_kernels_agree_on_int8(tiny_int8, digits):
 
 
 @pytest.mark.slow
-def test_full_integer_softmax_has_the_fixed_output_scale(tiny_int8):
-    """The token softmax in int8 needs scale 1/256, zero point -128, or the interpreter refuses the file."""
+def test_all_int8_softmax_has_the_fixed_output_scale(tiny_int8):
+    """With ``xnnpack=False`` the token softmax is int8 too: it needs scale 1/256, zero point -128, or the
+    interpreter refuses the file. (XNNPACK has no int8 softmax: on a CPU, those ops leave the delegate.)"""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.interpreter import Interpreter
-    path = tiny_int8["int8_io"]
+    path = tiny_int8["all_int8"]
     Interpreter(model_path=str(path)).allocate_tensors()  # "SOFTMAX ... scale not near 1.f / 256" was here
     outputs = [tensors[0] for name, _, tensors in _operators(path) if name == "SOFTMAX"]
     assert outputs and all(t.Type() == schema.TensorType.INT8 for t in outputs)
     assert all((t.Quantization().Scale(0), t.Quantization().ZeroPoint(0)) == (1 / 256, -128) for t in outputs)
-    # full integer leaves only LayerNorm's arithmetic in float (plus the converter's exp/sum/div for the
-    # softmax over the single token of tiny's last 1x1 stage)
+    # every op int8 leaves only LayerNorm's arithmetic in float (plus the converter's exp/sum/div for the
+    # softmax over the single token of tiny's last 1x1 stage, and MAXIMUM, which XNNPACK has in float only)
     layer_norm = {"MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUB", "MUL", "ADD"}
-    assert {op.split()[0] for op in float_compute_ops(path)} <= layer_norm | {"EXP", "SUM", "DIV"}
+    assert {op.split()[0] for op in float_compute_ops(path)} <= layer_norm | {"EXP", "SUM", "DIV", "MAXIMUM"}
+    with load(path) as backend:
+        assert "SOFTMAX int8" in backend.delegation()["undelegated"]
 
 
 @pytest.mark.slow
@@ -197,6 +266,7 @@ def test_int8_io_records_scales_and_the_runtime_applies_them(tiny_int8, trained,
         assert nodes["inputs"][0]["quantization"] == {"scale": pytest.approx(io["input"]["scale"]),
                                                       "zero_point": io["input"]["zero_point"]}
         assert nodes["outputs"][0]["dtype"] == "int8" and nodes["outputs"][0]["shape"] == [1, 10]
+        assert backend.delegation() == {"partitions": 1, "undelegated": {}}
         report = verify(backend, trained, digits["heldout"], trained=True)
     assert report.passed, report.summary()
 

@@ -60,9 +60,10 @@ def parse_benchmark_output(text: str) -> DeviceTiming:
 
 def benchmark_command(serial: str, remote_model: str, threads: int = 4, runs: int = 50, xnnpack: bool = True,
                       binary: str = f"{REMOTE_DIR}/benchmark_model", adb: str = "adb") -> list[str]:
-    """The adb invocation that runs ``benchmark_model`` on ``remote_model``."""
-    remote = (f"{binary} --graph={remote_model} --num_threads={threads} --num_runs={runs} --warmup_runs=10 "
-              f"--use_xnnpack={'true' if xnnpack else 'false'}")
+    """The adb invocation that runs ``benchmark_model`` on ``remote_model``. adb hands the phone's shell one
+    string, so every word is quoted there: a file name with a space or ``;`` stays one argument."""
+    remote = shlex.join([binary, f"--graph={remote_model}", f"--num_threads={threads}", f"--num_runs={runs}",
+                         "--warmup_runs=10", f"--use_xnnpack={'true' if xnnpack else 'false'}"])
     return [adb, "-s", serial, "shell", remote]
 
 
@@ -86,7 +87,7 @@ def run_on_device(tflite: str | Path, device: str, threads: int = 4, runs: int =
                              "check `adb devices` lists the phone and benchmark_model is in /data/local/tmp")
         return proc.stdout
 
-    call([adb, "-s", serial, "push", str(tflite), remote_model])
+    call([adb, "-s", serial, "push", str(tflite), remote_model])  # push takes the path as is: no shell there
     return parse_benchmark_output(call(benchmark_command(serial, remote_model, threads, runs, adb=adb)))
 
 

@@ -15,7 +15,7 @@ import torch
 from ..calibration import CalibrationSet
 from ..console import console
 from ..errors import EvimError, UsageError
-from ..files import artifact_bytes, artifact_digest, staged_output
+from ..files import BUNDLE_MANIFEST, BUNDLE_README, artifact_bytes, artifact_digest, staged_output
 from ..targets import export, get_target, load, mobile_targets
 from .readme import render_readme
 
@@ -51,6 +51,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     files: list[BundleFile] = field(default_factory=list)
+    top1_judged: bool = True  # False with random weights: top-1 agreement is reported, not judged
 
     @property
     def passed(self) -> bool:
@@ -71,10 +72,13 @@ def plan(targets: list[str], precisions: list[str] | None) -> list[tuple[str, st
 
 
 def _verify(path: Path, reference: torch.nn.Module, trained: bool, images: Path | None) -> tuple[dict, dict]:
-    """verify's report (as a dict) and the file's I/O as an app sees it."""
-    from ..verify import verify
+    """verify's report (as a dict) and the file's I/O as an app sees it. With random weights (not ``trained``)
+    top-1 agreement is noise (near-tied logits): reported, not judged."""
+    from ..verify import thresholds_for, verify
     with load(path) as runtime:
-        report = verify(runtime, reference, images, trained=trained).to_dict()
+        bounds = thresholds_for(runtime.manifest, trained)
+        unjudged = None if trained or "top1" not in bounds else {k: v for k, v in bounds.items() if k != "top1"}
+        report = verify(runtime, reference, images, trained=trained, bounds=unjudged).to_dict()
         report["file"] = path.name
         return report, runtime.io()
 
@@ -84,13 +88,15 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
                  calibration: CalibrationSet | None = None, force: bool = False, trained: bool = False,
                  options: dict[str, dict[str, Any]] | None = None, images: Path | None = None) -> Bundle:
     """Export, verify (on ``images``, default the sample photos) and document every (target, precision);
-    write the folder atomically. ``options`` are per target; each file gets those that apply to its precision
+    write the folder atomically; ``force`` replaces a previous bundle, never a folder holding anything else
+    (:func:`~evim_deploy.files.foreign`). Without ``trained`` weights top-1 agreement is reported, not judged.
+    ``options`` are per target; each file gets those that apply to its precision
     (:meth:`~evim_deploy.targets.TargetSpec.export_options`)."""
     pairs = plan(list(targets or mobile_targets()), precisions)
     manifest = deploy.manifest
-    with staged_output(output, force) as staged:
+    with staged_output(output, force, bundle=True) as staged:
         staged.mkdir()
-        bundle = Bundle(Path(output), {})
+        bundle = Bundle(Path(output), {}, top1_judged=trained)
         for target, precision in pairs:
             spec = get_target(target)
             entry = BundleFile(f"model-{precision}{spec.suffix}", target, precision)
@@ -113,6 +119,6 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
         common.update(labels_file="labels.txt", calibration=calibration.describe() if calibration else None,
                       files=[vars(f) for f in bundle.files])
         bundle.manifest = common
-        (staged / "manifest.json").write_text(json.dumps(common, indent=2))
-        (staged / "README.md").write_text(render_readme(bundle))
+        (staged / BUNDLE_MANIFEST).write_text(json.dumps(common, indent=2))
+        (staged / BUNDLE_README).write_text(render_readme(bundle))
     return bundle

@@ -135,6 +135,8 @@ def report_verify(path: Path, reference: "torch.nn.Module", images: Path | None 
     console.print(f"verify {path.name}: {report.summary()}", style="green" if report.passed else "bold red")
     for hint in report.hints():
         console.print(f"  hint: {hint}", style="yellow")
+    for warning in report.warnings:
+        console.print(f"  warning: {warning}", style="bold yellow")
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
     return 0 if report.passed else 1
@@ -145,7 +147,8 @@ def print_bundle(bundle: "Bundle", timings: dict[str, float | str] | None = None
     from rich.table import Table
     from rich.text import Text
     table = Table(title=f"{bundle.path}  ({bundle.manifest['variant']}, "
-                        f"{bundle.manifest['input_size'][0]}x{bundle.manifest['input_size'][1]})")
+                        f"{bundle.manifest['input_size'][0]}x{bundle.manifest['input_size'][1]})",
+                  caption=None if bundle.top1_judged else "top-1: reported, not judged (random weights)")
     for name in ("file", "target", "precision", "size MB", "verify", "cosine", "max|Δ|", "top-1", "median ms"):
         table.add_column(name, justify="right" if name not in ("file", "target", "precision", "verify") else "left")
     for f in bundle.files:

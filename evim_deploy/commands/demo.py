@@ -9,6 +9,7 @@ from .common import print_bundle
 
 NAME = "demo"
 HELP = "the main job on defaults: export M1 to every target and precision, verify, benchmark"
+QUIET = True  # converters' log noise stays off the terminal (--debug shows it)
 
 
 def configure(p: argparse.ArgumentParser) -> None:

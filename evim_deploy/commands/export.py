@@ -13,6 +13,7 @@ from .common import (add_calibration_args, add_model_args, add_target_options, b
 
 NAME = "export"
 HELP = f"export to {', '.join(list(TARGETS)[:-1])} or {list(TARGETS)[-1]}, then verify against the reference"
+QUIET = True  # converters' log noise stays off the terminal (--debug shows it)
 ALL = "all"
 
 
@@ -24,7 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", help=f"{' | '.join(precisions)} (what the target writes); default per target; "
                    "with --target all, a comma list (default: every one)")
     p.add_argument("--output", type=Path, help="output file (default <variant>_<precision><suffix>)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--force", action="store_true", help="replace an earlier output of evim-deploy (a file, package "
+                   "or bundle folder); anything else in the way is never deleted")
     p.add_argument("--no-verify", action="store_true", help="skip the check against the reference")
     p.add_argument("--images", type=Path, help="real images verify judges the file(s) on (default: the bundled "
                    "sample photos; pass held-out images of your own classes)")
@@ -68,9 +70,11 @@ def _megabytes(path: Path) -> str:
 def run_bundle(args: argparse.Namespace) -> int:
     """``export --target all --output DIR``: every mobile target x precision, verified and documented."""
     from ..bundle import build_bundle, plan
+    from ..files import refuse_existing
     from ..model import reparameterize
     if args.output is None:
         raise UsageError("--target all writes a folder", "pass --output DIR")
+    refuse_existing(args.output, args.force, bundle=True)  # before any work; checked again at the rename
     targets = mobile_targets()
     precisions = [p for p in (args.precision or "").split(",") if p] or None
     model, size = build_model(args)

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from .. import host
 from ..calibration import CalibrationSet
 from ..console import console
 from ..errors import UsageError
@@ -66,12 +67,14 @@ def to_fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":
 def export_onnx(model: "torch.nn.Module", output: Path, precision: str = "fp32",
                 calibration: CalibrationSet | None = None, opset: int = 18, dynamic_batch: bool = False,
                 calib_method: str | None = None, per_channel: bool = True, float_groups: Iterable[str] | None = None,
-                **_: Any) -> Path:
+                int8_format: str = "portable", **_: Any) -> Path:
     """Write ``model`` (deploy form) to ``output`` as ONNX in ``precision``.
 
     INT8 options: ``calib_method`` (minmax | entropy | percentile; default :data:`DEFAULT_CALIB_METHOD`),
-    ``per_channel`` weight scales, and ``float_groups`` kept in float (:mod:`evim_deploy.quantize.groups`;
-    default :data:`DEFAULT_FLOAT_GROUPS`).
+    ``per_channel`` weight scales, ``float_groups`` kept in float (:mod:`evim_deploy.quantize.groups`;
+    default :data:`DEFAULT_FLOAT_GROUPS`), and ``int8_format`` (a name of :data:`.onnx_int8.INT8_FORMATS`;
+    ``portable``, the default, computes the same integers on every CPU). The manifest records the format and
+    the host it was calibrated on (CPU, ISA flags, ONNX Runtime version).
     """
     import onnx
     if opset < 17:
@@ -81,14 +84,18 @@ def export_onnx(model: "torch.nn.Module", output: Path, precision: str = "fp32",
     if precision == "fp16":
         graph = to_fp16(graph)
     elif precision == "int8":
-        from .onnx_int8 import quantize
+        from .onnx_int8 import INT8_FORMATS, quantize
+        if int8_format not in INT8_FORMATS:
+            raise UsageError(f"unknown ONNX INT8 format {int8_format!r}", f"choose one of {', '.join(INT8_FORMATS)}")
         calibration = require_calibration(calibration, precision)
         calib_method = calib_method or DEFAULT_CALIB_METHOD
         float_groups = DEFAULT_FLOAT_GROUPS if float_groups is None else tuple(float_groups)
+        layout = INT8_FORMATS[int8_format]
         graph = quantize(graph, model, calibration, method=calib_method, per_channel=per_channel,
-                         float_groups=float_groups)
+                         float_groups=float_groups, int8_format=layout)
         extra.update(calibration=calibration.describe(), calib_method=calib_method, per_channel=per_channel,
-                     float_groups=list(float_groups))
+                     float_groups=list(float_groups), int8_format={"name": int8_format, **layout.describe(per_channel)},
+                     calibrated_on=host.describe(("onnxruntime",)))
     manifest = artifact_manifest(model, "onnx", precision, **extra)
     onnx_format.embed_manifest(graph, manifest)
     onnx.save(graph, output)

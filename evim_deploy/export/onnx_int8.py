@@ -1,7 +1,13 @@
 """INT8 for ONNX Runtime: ``quant_pre_process``, calibration on the user's images, static QDQ quantization.
 
-Weights are int8 (per output channel unless ``per_channel=False``), activations uint8 (asymmetric):
-u8 x s8 is what the VNNI ``vpdpbusd`` kernels of ONNX Runtime's CPU provider multiply.
+Weights are int8 (symmetric, per output channel unless ``per_channel=False``), activations uint8
+(asymmetric): u8 x s8 is what ONNX Runtime's fastest x86 kernels multiply (VNNI ``vpdpbusd``; ``vpmaddubsw``
+without VNNI), and what its ARM kernels take too. The file is **portable by construction**
+(:data:`PORTABLE`): the weights of matrix products (every Conv but the depthwise ones, MatMul, Gemm) use 7
+bits (``|w| <= 64``), so no pair of u8 x s8 products can exceed int16 (255 * 64 * 2 = 32640) and x86 hosts
+without VNNI, whose kernels add pairs into a saturating int16, compute the same integers as VNNI hosts.
+Depthwise convs keep 8-bit weights: ORT widens each of their products to 32 bits on every ISA. The old
+layout (:data:`VNNI_ONLY`, 8-bit weights everywhere) lost up to 0.06 cosine on AVX2 hosts (docs/int8.md).
 
 Which nodes stay float is a speed *and* accuracy decision, measured with ORT's profiler (see
 ``docs/onnx.md``). The weight-heavy convolutions (stem, FFN, downsamples) run in int8; these groups of
@@ -23,8 +29,10 @@ the exported node names); layer groups through the TorchScript exporter's scope 
 """
 from __future__ import annotations
 
+import copy
 import re
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -40,6 +48,27 @@ if TYPE_CHECKING:
     import torch
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Format:
+    """The integers of an INT8 file: operand types, and the weight bits of matrix products and depthwise convs."""
+
+    activations: str = "uint8"          # uint8 (asymmetric) or int8
+    weights: str = "int8"               # int8 (symmetric) or uint8 (asymmetric)
+    product_weight_bits: int = 7        # 7: ORT's reduce_range, pair sums exact on x86 without VNNI
+    depthwise_weight_bits: int = 8
+
+    def describe(self, per_channel: bool) -> dict:
+        """The manifest record (``int8_format``)."""
+        return {**asdict(self), "per_channel": per_channel}
+
+
+PORTABLE = Int8Format()                                    # the default: same integers on every CPU
+VNNI_ONLY = Int8Format(product_weight_bits=8)              # the layout before: exact only with VNNI (or on ARM)
+INT8_FORMATS = {"portable": PORTABLE, "vnni-only": VNNI_ONLY,
+                "u8u8": Int8Format(weights="uint8", product_weight_bits=8),
+                "s8s8": Int8Format(activations="int8", product_weight_bits=8)}
 
 # Each named group of evim_deploy.quantize.groups in ONNX Runtime's syntax: a regex on the exported node names.
 NODE_PATTERNS: dict[str, str] = {
@@ -146,25 +175,62 @@ def calibrate(model_path: Path, calibration: CalibrationSet, method: str, workdi
     return calibrator.compute_data()
 
 
-def quantize(graph: onnx.ModelProto, deploy: "torch.nn.Module", calibration: CalibrationSet, method: str,
-             per_channel: bool, float_groups: Iterable[str]) -> onnx.ModelProto:
-    """Static QDQ INT8 of a float ONNX graph of ``deploy``, calibrated on ``calibration``; ``float_groups``
-    (named and layer groups of :mod:`evim_deploy.quantize.groups`) stay float."""
-    from onnxruntime.quantization import QDQQuantizer, QuantType
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+def depthwise_weights(model: onnx.ModelProto) -> list[str]:
+    """Weight initializers of the depthwise convolutions of ``model``."""
+    inits = {i.name: i for i in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        weight = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight is not None and group > 1 and len(weight.dims) == 4 and weight.dims[1] == 1:
+            names.append(weight.name)
+    return names
+
+
+def weight_overrides(model: onnx.ModelProto, int8_format: Int8Format, per_channel: bool) -> dict[str, list[dict]]:
+    """ORT ``TensorQuantOverrides`` that give depthwise weights their own bit width (ORT's ``reduce_range``)."""
+    if int8_format.depthwise_weight_bits == int8_format.product_weight_bits:
+        return {}
+    override = {"reduce_range": int8_format.depthwise_weight_bits < 8, **({"axis": 0} if per_channel else {})}
+    return {name: [dict(override)] for name in depthwise_weights(model)}
+
+
+def calibrated(graph: onnx.ModelProto, calibration: CalibrationSet, method: str):
+    """``(pre-processed graph, activation ranges)``: ORT's ``quant_pre_process`` of ``graph``, calibrated."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    named, layers = split_groups(float_groups, deploy)
-    layer_nodes = nodes_in_layer_groups(graph, layers)
     with tempfile.TemporaryDirectory(prefix="evim-int8-") as tmp, quiet():
         workdir = Path(tmp)
         onnx.save(graph, workdir / "float.onnx")
         quant_pre_process(str(workdir / "float.onnx"), str(workdir / "pre.onnx"), skip_symbolic_shape=True)
         ranges = calibrate(workdir / "pre.onnx", calibration, method, workdir)
-        model = onnx.load(str(workdir / "pre.onnx"))
-        exclude = sorted(set(nodes_in_named_groups(model, named)) | set(layer_nodes))
-        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # quantize_static's default
-        quantizer = QDQQuantizer(model, per_channel, False, QuantType.QInt8, QuantType.QUInt8, ranges, None, exclude,
-                                 op_types, {"ActivationSymmetric": False, "WeightSymmetric": True})
+        return onnx.load(str(workdir / "pre.onnx")), ranges
+
+
+def quantize_calibrated(model: onnx.ModelProto, ranges, deploy: "torch.nn.Module", per_channel: bool,
+                        float_groups: Iterable[str], int8_format: Int8Format = PORTABLE) -> onnx.ModelProto:
+    """Static QDQ INT8 of a :func:`calibrated` graph in ``int8_format`` (``model`` is left untouched)."""
+    from onnxruntime.quantization import QDQQuantizer, QuantType
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    named, layers = split_groups(float_groups, deploy)
+    model = copy.deepcopy(model)
+    exclude = sorted(set(nodes_in_named_groups(model, named)) | set(nodes_in_layer_groups(model, layers)))
+    op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # quantize_static's default
+    options = {"ActivationSymmetric": False, "WeightSymmetric": int8_format.weights == "int8",
+               "TensorQuantOverrides": weight_overrides(model, int8_format, per_channel)}
+    with quiet():
+        quantizer = QDQQuantizer(model, per_channel, int8_format.product_weight_bits < 8,
+                                 types[int8_format.weights], types[int8_format.activations], ranges, None, exclude,
+                                 op_types, options)
         quantizer.quantize_model()
         quantizer.model.topological_sort()
     return quantizer.model.model
+
+
+def quantize(graph: onnx.ModelProto, deploy: "torch.nn.Module", calibration: CalibrationSet, method: str,
+             per_channel: bool, float_groups: Iterable[str], int8_format: Int8Format = PORTABLE) -> onnx.ModelProto:
+    """Static QDQ INT8 of a float ONNX graph of ``deploy``, calibrated on ``calibration``, in ``int8_format``;
+    ``float_groups`` (named and layer groups of :mod:`evim_deploy.quantize.groups`) stay float."""
+    split_groups(float_groups, deploy)  # an unknown group is refused before calibrating
+    model, ranges = calibrated(graph, calibration, method)
+    return quantize_calibrated(model, ranges, deploy, per_channel, float_groups, int8_format)

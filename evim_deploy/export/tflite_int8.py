@@ -16,14 +16,18 @@ additions make EfficientViM's HSM-SSD integer as well:
   same-scale constraint), so an input reached through views shares its producer's observer.
 
 LayerNorm stays float: the converter lowers it to MEAN / SQUARED_DIFFERENCE / RSQRT / SUB / MUL / ADD
-in float between a DEQUANTIZE and a QUANTIZE. ``float_groups`` (:mod:`evim_deploy.quantize.groups`) keep more in
+in float between a DEQUANTIZE and a QUANTIZE. With ``xnnpack=True`` (the default) so do the token softmax,
+its product with B and both state products: XNNPACK has no int8 SOFTMAX and no int8 matrix product of two
+activations, so in int8 those ops would leave the delegate for TFLite's own kernels (20 of M1's ops, 19
+partitions, slower than fp32 at 2 threads); in float they stay inside it, and the softmax keeps its
+resolution (1/256 steps cannot carry weights averaging 1/196). ``float_groups`` (:mod:`evim_deploy.quantize.groups`) keep more in
 float: named groups translate to module-path regexes (:data:`MODULE_PATTERNS`), layer groups to module paths.
 """
 from __future__ import annotations
 
 import operator
 import re
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch.fx import GraphModule, Node
@@ -53,6 +57,7 @@ CALIBRATION_OBSERVERS = {"minmax": "MinMaxObserver", "entropy": "HistogramObserv
 _FIXED_QPARAMS = {aten.softmax.int, aten._softmax.default, aten.sigmoid.default}
 _EXTRA_OPS = {aten.softmax.int: 1, aten._softmax.default: 1, aten.sigmoid.default: 1, aten.bmm.default: 2,
               aten.mul.Tensor: 2}  # op -> number of activation inputs
+_SOFTMAX = {aten.softmax.int, aten._softmax.default}
 _VIEWS = {aten.reshape.default, aten.view.default, aten.transpose.int, aten.permute.default, aten.split.Tensor,
           aten.split_with_sizes.default, operator.getitem, aten.squeeze.dim, aten.unsqueeze.default,
           aten.flatten.using_ints, aten.slice.Tensor, aten.contiguous.default}
@@ -81,6 +86,33 @@ def _is_channel_scale(node: Node) -> bool:
     return node.target == aten.mul.Tensor and any(isinstance(a, Node) and a.op == "get_attr" for a in node.args)
 
 
+def float_policy(deploy: torch.nn.Module, float_groups: Iterable[str]) -> Callable[[Node], bool]:
+    """Whether a node of the exported deploy form stays float under ``float_groups`` (of ``deploy``): named groups
+    through :data:`MODULE_PATTERNS`, layer groups by module path. Shared by every PT2E exporter."""
+    named, float_layers = split_groups(float_groups, deploy)
+    float_patterns = [re.compile(MODULE_PATTERNS[group]) for group in named if MODULE_PATTERNS[group]]
+    float_scales = "residual" in named
+
+    def keeps_float(node: Node) -> bool:
+        if float_scales and _is_channel_scale(node):
+            return True
+        path = _module_path(node)
+        return in_groups(path, float_layers) or any(p.search(path) for p in float_patterns)
+    return keeps_float
+
+
+def calibrated_config(config: Any, calib_method: str) -> Any:
+    """A PT2E quantization config with ``calib_method``'s activation observer (:data:`CALIBRATION_OBSERVERS`)."""
+    import dataclasses
+
+    from torchao.quantization.pt2e import observer as observers
+    if calib_method not in CALIBRATION_OBSERVERS:
+        raise UsageError(f"unknown calibration method {calib_method!r}", f"choose one of {', '.join(CALIBRATION_OBSERVERS)}")
+    activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=getattr(
+        observers, CALIBRATION_OBSERVERS[calib_method]).with_args(eps=2 ** -12))
+    return dataclasses.replace(config, input_activation=activation, output_activation=activation)
+
+
 def decompose_silu(graph: GraphModule) -> GraphModule:
     """Rewrite every ``silu(x)`` as ``x * sigmoid(x)`` (same values; int8 kernels exist for both)."""
     for node in list(graph.graph.nodes):
@@ -96,30 +128,30 @@ def decompose_silu(graph: GraphModule) -> GraphModule:
     return graph
 
 
-def make_quantizer(deploy: torch.nn.Module, float_groups: Iterable[str], per_channel: bool, calib_method: str):
+def without_xnnpack_int8(node: Node) -> bool:
+    """The token softmax, its product with B and both state products: ops XNNPACK has no int8 kernel for."""
+    if node.target in _SOFTMAX or node.target == aten.bmm.default:
+        return True
+    return node.target == aten.mul.Tensor and any(isinstance(a, Node) and a.target in _SOFTMAX for a in node.args)
+
+
+def make_quantizer(deploy: torch.nn.Module, float_groups: Iterable[str], per_channel: bool, calib_method: str,
+                   xnnpack: bool = True):
     """litert-torch's PT2E quantizer, extended to the whole EfficientViM graph (see the module docstring).
 
-    ``float_groups`` names groups of :mod:`evim_deploy.quantize.groups` (of ``deploy``) kept float.
+    ``float_groups`` names groups of :mod:`evim_deploy.quantize.groups` (of ``deploy``) kept float; ``xnnpack``
+    keeps the ops XNNPACK has no int8 kernel for float too (:func:`without_xnnpack_int8`).
     """
-    import dataclasses
-
     from litert_torch.quantize import pt2e_quantizer as pt2e
     from litert_torch.quantize import pt2e_quantizer_utils as utils
-    from torchao.quantization.pt2e import observer as observers
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
-    if calib_method not in CALIBRATION_OBSERVERS:
-        raise UsageError(f"unknown calibration method {calib_method!r}", f"choose one of {', '.join(CALIBRATION_OBSERVERS)}")
-    named, float_layers = split_groups(float_groups, deploy)
-    float_patterns = [re.compile(MODULE_PATTERNS[group]) for group in named if MODULE_PATTERNS[group]]
-    float_scales = "residual" in named
+    config = calibrated_config(pt2e.get_symmetric_quantization_config(is_per_channel=per_channel), calib_method)
+    keeps_float = float_policy(deploy, float_groups)
 
     class EfficientViMQuantizer(pt2e.PT2EQuantizer):
         def quantizable(self, node: Node) -> bool:
-            if float_scales and _is_channel_scale(node):
-                return False
-            path = _module_path(node)
-            return not (in_groups(path, float_layers) or any(p.search(path) for p in float_patterns))
+            return not (keeps_float(node) or xnnpack and without_xnnpack_int8(node))
 
         def annotate(self, model: GraphModule) -> GraphModule:
             config = self.global_config
@@ -146,20 +178,16 @@ def make_quantizer(deploy: torch.nn.Module, float_groups: Iterable[str], per_cha
                         annotation.input_qspec_map[arg] = SharedQuantizationSpec(source)
             return model
 
-    config = pt2e.get_symmetric_quantization_config(is_per_channel=per_channel)
-    activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=getattr(
-        observers, CALIBRATION_OBSERVERS[calib_method]).with_args(eps=2 ** -12))
-    config = dataclasses.replace(config, input_activation=activation, output_activation=activation)
     return EfficientViMQuantizer().set_global(config)
 
 
 def quantize(module: torch.nn.Module, deploy: torch.nn.Module, sample: torch.Tensor, calibration: CalibrationSet,
-             layout: str, float_groups: Iterable[str], per_channel: bool, calib_method: str):
+             layout: str, float_groups: Iterable[str], per_channel: bool, calib_method: str, xnnpack: bool = True):
     """Export, annotate, calibrate and convert ``module``; return the Q/DQ graph and litert's QuantConfig."""
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    quantizer = make_quantizer(deploy, float_groups, per_channel, calib_method)
+    quantizer = make_quantizer(deploy, float_groups, per_channel, calib_method, xnnpack)
     prepared = prepare_pt2e(decompose_silu(torch.export.export(module, (sample,)).module()), quantizer)
     with torch.no_grad():
         for batch in track(calibration.batches(1), "calibrating", total=len(calibration)):

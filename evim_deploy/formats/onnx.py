@@ -1,6 +1,8 @@
-"""The ONNX file format: manifest in ``metadata_props``, graph summary, I/O as ONNX Runtime reports it."""
+"""The ONNX file format: manifest in ``metadata_props``, graph summary, I/O as ONNX Runtime reports it, and
+the integer matrix products of an INT8 file (which ones could saturate int16 pair sums on x86 without VNNI)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -16,6 +18,10 @@ if TYPE_CHECKING:
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
           "tensor(int8)": np.int8}
+# Ops whose integer form is a matrix product (ORT's QGEMM / ConvSym kernels); a depthwise Conv is not one.
+PRODUCT_OPS = ("Conv", "MatMul", "Gemm", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")
+# |w| <= 64 keeps every pair of u8 x s8 products within int16: 255 * 64 * 2 = 32640 <= 32767.
+PAIR_SAFE_WEIGHT = 64
 
 
 def embed_manifest(model: "onnx.ModelProto", manifest: Manifest) -> None:
@@ -50,3 +56,77 @@ def describe_io(nodes: Iterable[Any]) -> list[dict[str, Any]]:
     """ONNX Runtime ``NodeArg``s as I/O entries (a symbolic dimension is ``None``)."""
     return [io_entry(n.name, [d if isinstance(d, int) else None for d in n.shape],
                      str(np.dtype(DTYPES.get(n.type, np.float32)))) for n in nodes]
+
+
+@dataclass(frozen=True)
+class IntegerProduct:
+    """One integer matrix product of an INT8 file: its node, operand types and the largest |weight|."""
+
+    node: str
+    op: str
+    activation: str           # the name of the quantized (integer) input tensor
+    weight: str               # the name of the integer weight initializer
+    activations: str          # numpy dtype name of the quantized input: uint8 or int8
+    weights: str              # numpy dtype name of the weight: int8 or uint8
+    peak: int                 # max |w - zero point| over the weight
+    depthwise: bool           # a depthwise Conv: ORT widens each product to 32 bits there, no pair sums
+
+    @property
+    def saturates_int16_pairs(self) -> bool:
+        """Whether x86 kernels without VNNI can clip a pair sum of this product (ORT runs int8 activations as
+        uint8 + 128 on x86, so either activation type counts)."""
+        return not self.depthwise and self.weights == "int8" and self.peak > PAIR_SAFE_WEIGHT
+
+
+def _dequantized(node: "onnx.NodeProto", index: int, inits: dict[str, np.ndarray],
+                 producers: dict[str, "onnx.NodeProto"]) -> tuple[str, str] | None:
+    """``(integer tensor, zero point)`` names behind input ``index`` of a QDQ node (its DequantizeLinear)."""
+    dq = producers.get(node.input[index]) if index < len(node.input) else None
+    if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[2] not in inits:
+        return None
+    return dq.input[0], dq.input[2]
+
+
+def _operands(node: "onnx.NodeProto", inits: dict[str, np.ndarray], producers: dict[str, "onnx.NodeProto"]):
+    """Names ``(activation, its zero point, weight, its zero point)`` of a QDQ or QOperator product, else ``None``."""
+    if node.op_type.startswith("QLinear") or node.op_type == "QGemm":      # x, xs, xzp, w, ws, wzp, ...
+        names = (node.input[0], node.input[2], node.input[3], node.input[5]) if len(node.input) > 5 else ()
+    elif node.op_type.endswith("Integer"):                                 # a, b, azp, bzp
+        names = (node.input[0], node.input[2], node.input[1], node.input[3]) if len(node.input) > 3 else ()
+    else:
+        act, weight = _dequantized(node, 0, inits, producers), _dequantized(node, 1, inits, producers)
+        names = (*act, *weight) if act and weight else ()
+    return names if names and all(name in inits for name in names[1:]) else None
+
+
+def _peak(weight: np.ndarray, zero: np.ndarray | None) -> int:
+    """max |w - zero point|; a per-channel zero point lies on the first axis of a conv weight, the last of a matrix."""
+    zero = np.zeros(1, np.int32) if zero is None else np.asarray(zero, np.int32).ravel()
+    if zero.size > 1:
+        zero = zero.reshape((-1,) + (1,) * (weight.ndim - 1)) if weight.shape[0] == zero.size else zero
+    return int(np.abs(weight.astype(np.int32) - zero).max()) if weight.size else 0
+
+
+def integer_products(model: "onnx.ModelProto") -> list[IntegerProduct]:
+    """Every integer matrix product of ``model`` (QDQ or QOperator), with its weight's largest magnitude."""
+    from onnx import helper, numpy_helper
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    products = []
+    for node in model.graph.node:
+        operands = node.op_type in PRODUCT_OPS and _operands(node, inits, producers)
+        if not operands:
+            continue
+        activation, act_zero, weight_name, weight_zero = operands
+        weight = inits[weight_name]
+        group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        products.append(IntegerProduct(node.name, node.op_type, activation, weight_name, inits[act_zero].dtype.name,
+                                       weight.dtype.name, _peak(weight, inits[weight_zero]),
+                                       group > 1 and weight.ndim == 4 and weight.shape[1] == 1))
+    return products
+
+
+def pair_saturating_products(path: str | Path) -> list[IntegerProduct]:
+    """The products of the file at ``path`` whose int16 pair sums can saturate on x86 without VNNI."""
+    import onnx
+    return [p for p in integer_products(onnx.load(str(path))) if p.saturates_int16_pairs]

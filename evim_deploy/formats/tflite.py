@@ -89,6 +89,36 @@ def float_compute_ops(path: str | Path) -> dict[str, int]:
             if op.endswith(" FLOAT32") and op.split()[0] not in BOOKKEEPING_OPS}
 
 
+def constants(content: bytes) -> list[dict[str, Any]]:
+    """Every constant tensor (weights, biases, scales, shapes) as ``name``, ``shape``, ``dtype``, ``bytes``,
+    ``readers`` (the ops that read it), largest first: what an INT8 file's size is made of."""
+    schema = _schema()
+    root = schema.Model.GetRootAs(content, 0)
+    graph = root.Subgraphs(0)
+    op_names, type_names = _enum_names(schema.BuiltinOperator), _enum_names(schema.TensorType)
+    readers: dict[int, set[str]] = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = root.OperatorCodes(op.OpcodeIndex())
+        for t in op.InputsAsNumpy():
+            readers.setdefault(int(t), set()).add(op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())))
+    found = []
+    for t in range(graph.TensorsLength()):
+        tensor = graph.Tensors(t)
+        buffer = root.Buffers(tensor.Buffer())
+        size = buffer.Size() if buffer.Offset() > 1 else buffer.DataLength()
+        if size:
+            found.append({"name": tensor.Name().decode(), "shape": tensor.ShapeAsNumpy().tolist(),
+                          "dtype": type_names[tensor.Type()], "bytes": int(size), "readers": sorted(readers.get(t, ()))})
+    return sorted(found, key=lambda c: -c["bytes"])
+
+
+def float_weights(content: bytes) -> list[dict[str, Any]]:
+    """The float32 constants that some op of an INT8 file reads (:func:`constants`): in evim-deploy's files the
+    biases of float layers, LayerNorm scales and shifts, ``D`` and the gates' constants, never a layer's weights."""
+    return [c for c in constants(content) if c["dtype"] == "FLOAT32" and c["readers"]]
+
+
 def io_quantization(content: bytes) -> dict[str, dict[str, Any] | None]:
     """Scale and zero point of the graph's input and output tensors (None where float)."""
     schema = _schema()

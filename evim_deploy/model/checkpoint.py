@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from . import safe_pickle
 
 ENVELOPE_KEYS = ("model_ema", "state_dict_ema", "model", "state_dict", "module")
 STEM_KEY = "patch_embed.conv.0.conv.weight"
@@ -34,11 +35,14 @@ def _load_file(path: Path) -> object:
             raise CheckpointError(f"checkpoint {path} is not a valid safetensors file ({err})",
                                   "re-download or re-save it") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_pickle.load(path)
     except pickle.UnpicklingError as err:
         if "weights only load failed" in str(err).lower() or "unsupported global" in str(err).lower():
+            refused = safe_pickle.refused_global(err)
+            what = (f"the pickled global {refused[0]}, which {'would' if refused[1] else 'could'} run code when loaded"
+                    if refused else "pickled Python objects that would run code when loaded")
             raise CheckpointError(
-                f"refused to load {path}: it contains pickled Python objects that would run code when loaded",
+                f"refused to load {path}: it contains {what}",
                 "re-save only the tensors, e.g. torch.save(model.state_dict(), path), or use .safetensors") from None
         raise CheckpointError(f"checkpoint {path} is corrupt ({err})", "re-download or re-save it") from None
     except Exception as err:  # torch raises RuntimeError, EOFError, IndexError, KeyError... for damaged files

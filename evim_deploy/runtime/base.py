@@ -103,6 +103,10 @@ class Runtime(ABC):
     def run_nchw(self, x: np.ndarray) -> np.ndarray:
         return self._run_batched(self.from_nchw(np.asarray(x, dtype=np.float32)))
 
+    def kernel_hazard(self) -> str | None:
+        """Why this host's kernels may compute other numbers from this file than the host that verified it, or None."""
+        return None
+
     def close(self) -> None:
         """Release the runtime's resources."""
 
