@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from evim_deploy.targets import load
+from evim_deploy.targets import TARGETS, load, mobile_targets
 from evim_deploy.testing.train_fixture import CHECKPOINT, LABELS_FILE
 
 pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
@@ -25,6 +25,9 @@ def bundle(tmp_path_factory, digits):
     return code, out
 
 
+MOBILE_SUFFIXES = [TARGETS[name].suffix for name in mobile_targets()]  # the table's, ExecuTorch's .pte included
+
+
 def _section(readme: str, file: str) -> str:
     return readme.split(f"### `{file}`", 1)[1].split("\n### ", 1)[0]
 
@@ -34,7 +37,7 @@ def test_every_file_is_written_verified_and_listed(bundle):
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     files = {f["file"]: f for f in manifest["files"]}
-    assert set(files) == {f"model-{p}{suffix}" for p in ("fp16", "int8") for suffix in (".onnx", ".mlpackage", ".tflite")}
+    assert set(files) == {f"model-{p}{suffix}" for p in ("fp16", "int8") for suffix in MOBILE_SUFFIXES}
     assert all(f["verify"]["passed"] and (out / name).exists() for name, f in files.items())
     assert files["model-int8.tflite"]["verify"]["metrics"]["images"]["samples"] == 64  # judged on --images
     assert (out / "labels.txt").read_text().splitlines() == LABELS_FILE.read_text().splitlines()
