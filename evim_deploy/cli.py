@@ -8,7 +8,7 @@ import sys
 from contextlib import nullcontext
 from typing import Sequence
 
-from . import __version__
+from . import __version__, interrupts
 from .commands import COMMANDS
 from .console import console, quiet, set_debug
 from .errors import EvimError
@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = next(c for c in COMMANDS if c.NAME == args.command)
     set_debug(args.debug)
+    interrupts.install()
     try:
         with quiet() if getattr(command, "QUIET", False) else nullcontext():
             return command.run(args)
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"error: {err}", style="bold red", soft_wrap=True)
         return err.exit_code
     except KeyboardInterrupt:
+        interrupts.leaving()
         console.print("interrupted: nothing was written", style="bold red")
         return 130
     except Exception as err:  # last resort: one line, the traceback behind --debug

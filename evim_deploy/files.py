@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from . import interrupts
 from .errors import UsageError
 
 
@@ -132,12 +133,15 @@ def staged_output(output: str | Path, force: bool = False, bundle: bool = False)
     staged, aside = tmp_dir / output.name, tmp_dir / f"{output.name}.previous"
     try:
         yield staged
+        interrupts.raise_if_pressed()  # a Ctrl-C that a native library swallowed still wins
         if not staged.exists():
             raise RuntimeError(f"exporter wrote nothing to {staged}")
-        _swap(staged, output, aside, replace=refuse_existing(output, force, bundle, meanwhile=True))
+        with interrupts.deferred():
+            _swap(staged, output, aside, replace=refuse_existing(output, force, bundle, meanwhile=True))
     finally:
-        if not _exists(aside):  # an old output that could not be put back stays where the error says
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+        with interrupts.deferred():
+            if not _exists(aside):  # an old output that could not be put back stays where the error says
+                shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _swap(staged: Path, output: Path, aside: Path, replace: bool) -> None:
