@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/int8_speed.py [--fixture scenes|random] [--checkpoint FILE --labels FILE]
                                          [--threads 2] [--rounds 9] [--iterations 30] [--heldout 500]
-                                         [--targets tflite,executorch] [--profile]
+                                         [--targets tflite,executorch] [--profile] [--keep DIR] [--prebuilt DIR]
 
 Rows: ``torch.onnx.export`` of the eager reference model (what a timm user gets, run in the same ONNX Runtime
 settings), our ONNX fp32, our ONNX INT8 in the format of before (``vnni-only``: 8-bit weights, exact only on
 VNNI x86 and ARM) and in the portable one (7-bit matrix weights: the same integers on every CPU), each with the
-default float policy, the portable one also full integer; then every other installed target of
+default float policy (the mixer's two state projections INT8, its state path float), the portable one also with
+the whole mixer float (the policy before) and full integer; then every other installed target of
 ``evim_deploy.targets.TARGETS`` in each precision it exports (TFLite fp32/int8, ...), through
 ``evim_deploy.targets.export``/``load``. Rows are timed in interleaved rounds in one process, so machine
 noise hits them alike; the table gives medians, p90, file MB and each row's speed-up over the best fp32 row.
@@ -18,11 +19,14 @@ fp32 reference (cosine, top-1 agreement, top-1) with the trained bounds (cosine 
 top-1 drop <= 0.5 pt). ``--checkpoint``/``--labels`` swap in your own M1 weights on the same scenes;
 ``--fixture random`` times random weights (no verdict). The host (CPU, ISA flags, whether its INT8 kernels
 saturate int16 pairs, ONNX Runtime and LiteRT versions) heads the output; ``--profile`` adds ONNX Runtime's
-top ops of every ONNX row.
+top ops of every ONNX row. ``--keep DIR`` copies every file it exports into DIR (``<target>_<precision><suffix>``);
+``--prebuilt DIR`` takes the other targets' files from such a folder instead of exporting them, for a host that
+has their runtimes but not their converters (the device host: LiteRT and ExecuTorch runtimes carried as wheels).
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +49,11 @@ from evim_deploy.verify import Metrics, reference_logits
 
 SIZE = (224, 224)
 BOUNDS = {"cosine": 0.995, "top1": 0.99, "drop": 0.005}
+WHOLE_MIXER_FLOAT = ("stem_input", "mixer_input", "token_mixer", "residual", "depthwise", "head")  # the policy before
+VARIANTS = {name: ("depthwise-only (before)", {"float_groups": ["depthwise"]}) for name in ("tflite", "executorch")}
 ONNX_INT8 = {"onnx int8 vnni-only (before)": {"int8_format": "vnni-only"},
-             "onnx int8 portable": {"int8_format": "portable"},
+             "onnx int8 portable (default)": {"int8_format": "portable"},
+             "onnx int8 portable, whole mixer float": {"int8_format": "portable", "float_groups": WHOLE_MIXER_FLOAT},
              "onnx int8 portable, full integer": {"int8_format": "portable", "float_groups": []}}
 
 
@@ -89,6 +96,20 @@ def judge(row: Row, x: np.ndarray, expected: np.ndarray, labels: np.ndarray | No
     row.judged.update(top1=top1, verdict="MISS " + ",".join(misses) if misses else "pass")
 
 
+def other_rows(args):
+    """``(spec, precision, variant, export options)`` of every other target's rows: each precision it exports
+    (those of ``--precisions``), and its INT8 also under the policy before issue 15 (:data:`VARIANTS`)."""
+    for spec in TARGETS.values():
+        if spec.name == "onnx" or (args.targets and spec.name not in args.targets.split(",")):
+            continue
+        for precision in spec.precisions:
+            if args.precisions and precision not in args.precisions.split(","):
+                continue
+            yield spec, precision, "", {}
+            if precision == spec.int8_precision and spec.name in VARIANTS:
+                yield spec, precision, *VARIANTS[spec.name]
+
+
 def build_rows(args, workdir: Path) -> tuple[list[Row], dict]:
     torch.set_num_threads(args.threads)
     reference, calibration, x, labels = fixture(args, workdir)
@@ -102,23 +123,28 @@ def build_rows(args, workdir: Path) -> tuple[list[Row], dict]:
     for name, options in ONNX_INT8.items():
         rows.append(Row(name, "int8", export(deploy, "onnx", workdir / f"{len(rows)}.onnx", "int8", calibration,
                                              **options)))
-    for spec in TARGETS.values():
-        if spec.name == "onnx" or (args.targets and spec.name not in args.targets.split(",")):
+    for spec, precision, variant, options in other_rows(args):
+        row = Row(f"{spec.name} {precision}{variant and ', ' + variant}", precision)
+        rows.append(row)
+        name = f"{spec.name}_{precision}{variant and '_' + variant.split()[0]}{spec.suffix}"
+        if args.prebuilt and (Path(args.prebuilt) / name).exists():
+            row.path, row.note = Path(args.prebuilt) / name, "prebuilt"
             continue
-        for precision in spec.precisions:
-            row = Row(f"{spec.name} {precision}", precision)
-            rows.append(row)
-            row.note = spec.unavailable_reason() or ""
-            if row.note:
-                continue
-            try:
-                row.path = export(deploy, spec.name, workdir / f"{spec.name}_{precision}{spec.suffix}", precision,
-                                  calibration if spec.needs_calibration(precision) else None, force=True)
-            except Exception as err:  # another target's exporter may fail: say so on its row, keep going
-                row.note = f"export failed: {type(err).__name__}: {str(err)[:100]}"
+        row.note = spec.unavailable_reason() or ""
+        if row.note:
+            continue
+        try:
+            row.path = export(deploy, spec.name, workdir / name, precision,
+                              calibration if spec.needs_calibration(precision) else None, force=True, **options)
+        except Exception as err:  # another target's exporter may fail: say so on its row, keep going
+            row.note = f"export failed: {type(err).__name__}: {str(err)[:100]}"
     for row in rows:
         if row.path is None:
             continue
+        if args.keep and row.note != "prebuilt":
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if row.path.is_dir() else shutil.copy2
+            copy(row.path, Path(args.keep) / row.path.name)
         try:
             row.runtime = load(row.path, threads=args.threads)
             judge(row, x, expected, labels, facts["reference top-1"] or 0.0)
@@ -146,7 +172,7 @@ def print_table(rows: list[Row], timings: dict, facts: dict, args) -> None:
     best = min(fp32) if fp32 else float("nan")
     print(f"\nM1 {SIZE[0]}x{SIZE[1]}, batch 1, {args.threads} threads, {args.rounds}x{args.iterations} interleaved "
           f"samples per row; fixture {args.fixture}: {facts}")
-    print(f"{'row':<36} {'median ms':>9} {'p90 ms':>7} {'vs best fp32':>12} {'MB':>6} {'cosine':>8} {'agree':>6} "
+    print(f"{'row':<42} {'median ms':>9} {'p90 ms':>7} {'vs best fp32':>12} {'MB':>6} {'cosine':>8} {'agree':>6} "
           f"{'top-1':>6}  verdict / note")
     for row in rows:
         t, j = timings.get(row.name), row.judged
@@ -155,7 +181,7 @@ def print_table(rows: list[Row], timings: dict, facts: dict, args) -> None:
         size = f"{artifact_megabytes(row.path):>6.1f}" if row.path else f"{'-':>6}"
         top1 = f"{j['top1']:>6.1%}" if "top1" in j else f"{'-':>6}"
         judged = f"{j['cosine']:>8.5f} {j['agreement']:>6.1%} {top1}" if j else f"{'-':>8} {'-':>6} {'-':>6}"
-        print(f"{row.name:<36} {cells} {size} {judged}  {j.get('verdict', '')} {row.note}")
+        print(f"{row.name:<42} {cells} {size} {judged}  {j.get('verdict', '')} {row.note}")
 
 
 def main() -> None:
@@ -170,6 +196,9 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=256, help="calibration scenes")
     parser.add_argument("--targets", help="other targets of the table to include, comma-separated (default: all)")
     parser.add_argument("--profile", action="store_true", help="ONNX Runtime's top ops of every ONNX row")
+    parser.add_argument("--precisions", help="the other targets' precisions to include, comma-separated (default: all)")
+    parser.add_argument("--keep", help="copy every exported file into this folder")
+    parser.add_argument("--prebuilt", help="take the other targets' files from this folder (as --keep writes them)")
     args = parser.parse_args()
     print_host()
     with tempfile.TemporaryDirectory() as tmp:

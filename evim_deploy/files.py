@@ -67,7 +67,7 @@ def bundle_members(folder: Path) -> set[str]:
     when they carry their manifest); empty when the folder holds no bundle manifest."""
     try:
         data = json.loads((folder / BUNDLE_MANIFEST).read_text(encoding="utf-8"))
-        listed = [entry["file"] for entry in data["files"]]
+        listed = [entry["file"] for entry in data["files"]] + ([data["golden"]["folder"]] if "golden" in data else [])
         labels = data["labels_file"]
     except (OSError, ValueError, KeyError, TypeError):
         return set()

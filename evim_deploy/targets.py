@@ -25,6 +25,7 @@ from .export import torch as torch_export
 from .files import refuse_existing, staged_output
 from .formats import FileSummary
 from .formats import coreml as coreml_format
+from .formats import coreml_apptest, executorch_apptest, tflite_apptest
 from .formats import executorch as executorch_format
 from .formats import onnx as onnx_format
 from .formats import tflite as tflite_format
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 Exporter = Callable[..., Path]                     # (deploy model, output, precision, calibration, **options) -> path
 Snippet = Callable[[str, dict, dict], "str | None"]  # (file name, io(), manifest dict) -> markdown for an app
+AppTest = Callable[[list, dict, dict], "tuple[str, str, str]"]  # (its golden entries, golden, bundle manifest)
+#                                                               -> device test: file name, source, how to run it
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class TargetSpec:
     options: tuple[Option, ...] = ()           # export options of this target
     runtime_options: tuple[Option, ...] = ()   # load() options offered by verify / predict
     snippet: Snippet | None = None             # app code for the bundle README (None: the Python snippet)
+    app_test: AppTest | None = None            # the device test of its bundle files (bundle/golden.py), or None
     bench_unavailable: Callable[[], str | None] = field(default=lambda: None)  # why it cannot be timed here
     batch_option: str | None = None            # export option that frees the batch dimension
     ranks_groups: bool = False                 # fast enough to rank layer groups for slower targets' --fidelity
@@ -140,7 +144,10 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in [
         ("fp32", "fp16", "int8"), "fp32", calibrated=("int8",), mixed_precision=True,
         default_float_groups=onnx_export.DEFAULT_FLOAT_GROUPS, default_calib_method=onnx_export.DEFAULT_CALIB_METHOD,
         options=(Option("--opset", {"type": int, "default": 18, "help": "ONNX opset (onnx; >= 17)"}),
-                 Option("--dynamic-batch", {"action": "store_true", "help": "free batch dimension (onnx)"})),
+                 Option("--dynamic-batch", {"action": "store_true", "help": "free batch dimension (onnx)"}),
+                 Option("--fused-layer-norm", {"action": "store_true", "help": "keep LayerNormalization fused "
+                        "(onnx; for the CoreML EP's legacy NeuralNetwork format, which has no ReduceMean; the "
+                        "default writes it as primitive ops so NNAPI takes the whole graph)"})),
         batch_option="dynamic_batch", ranks_groups=True, sweep=True),
     TargetSpec(
         "coreml", ".mlpackage", "Core ML mlprogram for iOS/macOS (Neural Engine)",
@@ -151,7 +158,8 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in [
                                          "help": "minimum deployment target (coreml)"}),
                  Option("--input", {"dest": "input_kind", "choices": list(coreml_export.INPUT_KINDS),
                                     "default": "image", "help": "camera-ready image input or float tensor (coreml)"})),
-        snippet=coreml_format.swift_snippet, bench_unavailable=coreml_runtime.bench_unavailable),
+        snippet=coreml_format.swift_snippet, app_test=coreml_apptest.swift_golden_tests,
+        bench_unavailable=coreml_runtime.bench_unavailable),
     TargetSpec(
         "tflite", ".tflite", "TFLite flatbuffer for the LiteRT interpreter on Android",
         tflite_export.export_tflite, tflite_runtime.TFLiteRuntime, tflite_format.summary, "tflite",
@@ -164,13 +172,14 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in [
                         precisions=("int8",))),
         runtime_options=(Option("--reference-kernels", {"action": "store_true", "help": "tflite: TFLite's reference "
                                 "kernels instead of XNNPACK (slow; a numerics check)"}),),
-        snippet=tflite_format.kotlin_snippet, on_device_benchmark=True),
+        snippet=tflite_format.kotlin_snippet, app_test=tflite_apptest.kotlin_golden_tests, on_device_benchmark=True),
     TargetSpec(
         "executorch", ".pte", "ExecuTorch program with the XNNPACK delegate for Android, iOS and embedded Linux",
         executorch_export.export_executorch, executorch_runtime.ExecuTorchRuntime, executorch_format.summary,
         "executorch", ("executorch",), ("fp32", "fp16", "int8"), "fp32", calibrated=("int8",), mixed_precision=True,
         default_float_groups=executorch_export.DEFAULT_FLOAT_GROUPS,
-        default_calib_method=executorch_export.DEFAULT_CALIB_METHOD, snippet=executorch_format.kotlin_snippet),
+        default_calib_method=executorch_export.DEFAULT_CALIB_METHOD, snippet=executorch_format.kotlin_snippet,
+        app_test=executorch_apptest.kotlin_golden_tests),
     TargetSpec(
         "torch", ".pt2", "torch.export archive of the deploy form, run in eager PyTorch (reference runtime)",
         torch_export.export_torch, torch_runtime.TorchRuntime, torch_format.summary, None, ("torch",),

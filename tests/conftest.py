@@ -60,3 +60,16 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_deploy(trained):
     return reparameterize(trained, (64, 64))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, digits):
+    """``export --target all`` of the trained fixture, fp16 and int8, TFLite with --int8-io: (exit code, folder).
+    Shared by tests/test_bundle.py and tests/test_golden.py (one bundle: eight exports and verifies)."""
+    from evim_deploy.cli import main
+    from evim_deploy.testing.train_fixture import CHECKPOINT, LABELS_FILE
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    code = main(["export", "--target", "all", "--model", "tiny", "--checkpoint", str(CHECKPOINT), "--labels",
+                 str(LABELS_FILE), "--precision", "fp16,int8", "--calib", str(digits["calib"]), "--int8-io",
+                 "--images", str(digits["heldout"]), "--output", str(out)])
+    return code, out

@@ -8,21 +8,18 @@ import re
 import pytest
 
 from evim_deploy.targets import TARGETS, load, mobile_targets
-from evim_deploy.testing.train_fixture import CHECKPOINT, LABELS_FILE
+from evim_deploy.testing.train_fixture import LABELS_FILE
 
 pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
 pytestmark = pytest.mark.slow  # six exports and verifies
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, digits):
-    out = tmp_path_factory.mktemp("bundle") / "tiny"
-    from evim_deploy.cli import main
-    code = main(["export", "--target", "all", "--model", "tiny", "--checkpoint", str(CHECKPOINT), "--labels",
-                 str(LABELS_FILE), "--precision", "fp16,int8", "--calib", str(digits["calib"]), "--int8-io",
-                 "--images", str(digits["heldout"]), "--output", str(out)])
-    return code, out
+@pytest.fixture
+def bundle(tiny_bundle):
+    """conftest's session bundle (fp16 and int8 of every mobile target, TFLite with --int8-io), shared with
+    tests/test_golden.py."""
+    return tiny_bundle
 
 
 MOBILE_SUFFIXES = [TARGETS[name].suffix for name in mobile_targets()]  # the table's, ExecuTorch's .pte included
@@ -99,3 +96,17 @@ def test_random_weights_report_top1_without_judging_it(tmp_path, capsys):
     assert "top-1: reported, not judged (random weights)" in " ".join(capsys.readouterr().err.split())
     judged, _ = _verify(tmp_path / "b" / entry.file, model, True, None)
     assert judged["thresholds"]["top1"] == TRAINED_INT8["top1"]
+
+
+def test_golden_data_and_device_tests_travel_with_the_bundle(bundle):
+    """``golden/`` (photo, each file's input and logits, the generated device tests) is listed in the manifest,
+    counts as the bundle's own (``--force`` may replace it), and the README says how to run the tests."""
+    from evim_deploy.files import foreign
+    _, out = bundle
+    golden = json.loads((out / "manifest.json").read_text())["golden"]
+    tests = [test["file"] for test in golden["tests"]]
+    assert tests == ["EvimDeployGoldenTests.swift", "GoldenTest.kt", "ExecuTorchGoldenTest.kt"]
+    assert all((out / golden["folder"] / name).is_file() for name in [*tests, golden["photo"], "manifest.json"])
+    assert foreign(out, bundle=True) is None
+    device = (out / "README.md").read_text().split("## Device tests", 1)[1]
+    assert all(name in device for name in tests) and "connectedAndroidTest" in device and "MIL interpreter" in device

@@ -96,7 +96,8 @@ def test_a_previous_bundle_is_replaced_not_merged(models, tmp_path):
     with pytest.raises(UsageError, match="already exists"):
         _bundle(models, out, ["fp16"])
     _bundle(models, out, ["fp16"], force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "labels.txt", "manifest.json", "model-fp16.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "golden", "labels.txt", "manifest.json",
+                                                     "model-fp16.onnx"]
     assert [f["file"] for f in json.loads((out / "manifest.json").read_text())["files"]] == ["model-fp16.onnx"]
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging folder left beside it
 

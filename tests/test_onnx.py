@@ -149,7 +149,7 @@ def test_int8_each_calibration_method_passes_trained_verify(method, trained, dig
     assert report.passed, report.summary()  # cosine >= 0.995 and top-1 >= 99% on held-out digits
 
 
-def test_per_tensor_has_one_scale_per_weight_and_per_channel_is_closer(trained, digits, digits_calibration, tmp_path):
+def test_per_tensor_has_one_scale_per_weight_and_both_meet_the_trained_bound(trained, digits, digits_calibration, tmp_path):
     deploy = reparameterize(trained, (64, 64))
     files = {per_channel: export(deploy, "onnx", tmp_path / f"{per_channel}.onnx", "int8", digits_calibration,
                                  per_channel=per_channel) for per_channel in (True, False)}
@@ -159,7 +159,7 @@ def test_per_tensor_has_one_scale_per_weight_and_per_channel_is_closer(trained, 
     for per_channel, path in files.items():
         with load(path) as backend:
             cosine[per_channel] = verify(backend, trained, digits["heldout"], random_inputs=0).metrics["images"].cosine
-    assert cosine[True] > cosine[False] > 0.95
+    assert min(cosine.values()) >= 0.995, cosine  # a bound, not an order between near-equal figures
 
 
 def test_default_policy_quantizes_the_convolutions_and_keeps_the_mixer_float(m1_files):

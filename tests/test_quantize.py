@@ -50,6 +50,33 @@ def test_named_groups_expand_aliases_and_unknown_names_are_refused():
     assert "stem_input" in err.value.fix and "downsamples.<i>" in err.value.fix
 
 
+def test_the_token_mixer_splits_into_its_state_path_and_its_two_state_projections():
+    """``token_mixer`` (an alias) is ``mixer_state`` and ``mixer_projections``: disjoint, together every node of each
+    mixer but its input projection, in ONNX node names and in the PT2E exporters' module paths."""
+    import re
+
+    from evim_deploy.export.onnx import ort_layout, simplify, trace_to_onnx
+    from evim_deploy.export.onnx_int8 import dynamic_products, nodes_in_named_groups
+    from evim_deploy.export.tflite_int8 import MODULE_PATTERNS, dynamic_modules
+    deploy = deploy_model("tiny", (64, 64))
+    assert split_groups(["token_mixer"], deploy)[0] == ("mixer_state", "mixer_projections")
+    graph = simplify(trace_to_onnx(ort_layout(deploy)))
+    state, products = (set(nodes_in_named_groups(graph, [g])) for g in ("mixer_state", "mixer_projections"))
+    mixer = {n.name for n in graph.graph.node if "/mixer/" in n.name and "/bcdt_proj/" not in n.name}
+    assert state and products and not state & products and state | products == mixer
+    assert {n.op_type for n in graph.graph.node if n.name in state} >= {"Softmax", "MatMul", "LayerNormalization"}
+    assert sorted(dynamic_products(graph, ["mixer_projections"])) == sorted(products)  # 2 MatMuls a block
+    assert len(products) == 2 * 3
+    paths = [name for name, _ in deploy.named_modules() if ".mixer" in name]
+    matched = {g: {p for p in paths if re.search(MODULE_PATTERNS[g], p)} for g in ("mixer_state", "mixer_projections")}
+    assert matched["mixer_projections"] == {p for p in paths if p.endswith(("hz_proj", "out_proj"))}
+    assert not matched["mixer_state"] & matched["mixer_projections"]
+    assert "stages.0.0.mixer.norm" in matched["mixer_state"]
+    # the projections run dynamic INT8 unless a named or a layer group keeps them float
+    assert len(dynamic_modules(deploy, [])) == 6 and dynamic_modules(deploy, ["token_mixer"]) == []
+    assert dynamic_modules(deploy, ["stages.0.0.mixer"]) == dynamic_modules(deploy, [])[2:]
+
+
 def test_every_onnx_node_of_a_group_is_found():
     from evim_deploy.export.onnx import ort_layout, simplify, trace_to_onnx
     graph = simplify(trace_to_onnx(ort_layout(deploy_model("tiny", (64, 64)))))

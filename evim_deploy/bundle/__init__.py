@@ -1,7 +1,8 @@
 """``export --target all``: one folder with every mobile target and precision, verified, ready to drop into an app.
 
-The folder holds the files, ``labels.txt``, ``manifest.json`` (:class:`Bundle` as JSON) and a ``README.md``
-for app developers (:mod:`.readme`).
+The folder holds the files, ``labels.txt``, ``manifest.json`` (:class:`Bundle` as JSON), a ``README.md``
+for app developers (:mod:`.readme`) and ``golden/``: a photo, each file's exact input and logits, and the
+generated device tests that check them on the phone (:mod:`.golden`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..console import console
 from ..errors import EvimError, UsageError
 from ..files import BUNDLE_MANIFEST, BUNDLE_README, artifact_bytes, artifact_digest, staged_output
 from ..targets import export, get_target, load, mobile_targets
+from .golden import GOLDEN_DIR, Golden
 from .readme import render_readme
 
 __all__ = ["Bundle", "BundleFile", "build_bundle", "plan"]
@@ -33,6 +35,7 @@ class BundleFile:
     sha256: str = ""
     verify: dict[str, Any] | None = None
     io: dict[str, Any] | None = None
+    coverage: list[dict[str, Any]] | None = None  # what each accelerator takes of it (formats.Coverage)
     error: str | None = None
 
     @property
@@ -71,15 +74,19 @@ def plan(targets: list[str], precisions: list[str] | None) -> list[tuple[str, st
     return pairs
 
 
-def _verify(path: Path, reference: torch.nn.Module, trained: bool, images: Path | None) -> tuple[dict, dict]:
-    """verify's report (as a dict) and the file's I/O as an app sees it. With random weights (not ``trained``)
-    top-1 agreement is noise (near-tied logits): reported, not judged."""
+def _verify(path: Path, reference: torch.nn.Module, trained: bool, images: Path | None,
+            golden: Golden | None = None) -> tuple[dict, dict]:
+    """verify's report (as a dict) and the file's I/O as an app sees it; ``golden`` records the file's golden
+    data under the bounds it was judged by. With random weights (not ``trained``) top-1 agreement is noise
+    (near-tied logits): reported, not judged."""
     from ..verify import thresholds_for, verify
     with load(path) as runtime:
         bounds = thresholds_for(runtime.manifest, trained)
         unjudged = None if trained or "top1" not in bounds else {k: v for k, v in bounds.items() if k != "top1"}
         report = verify(runtime, reference, images, trained=trained, bounds=unjudged).to_dict()
         report["file"] = path.name
+        if golden is not None:
+            golden.add(path.name, runtime.name, runtime.manifest.precision, runtime, report["thresholds"])
         return report, runtime.io()
 
 
@@ -97,6 +104,7 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
     with staged_output(output, force, bundle=True) as staged:
         staged.mkdir()
         bundle = Bundle(Path(output), {}, top1_judged=trained)
+        golden = Golden(staged / GOLDEN_DIR, reference, manifest, images)
         for target, precision in pairs:
             spec = get_target(target)
             entry = BundleFile(f"model-{precision}{spec.suffix}", target, precision)
@@ -106,7 +114,8 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
                 path = export(deploy, target, staged / entry.file, precision, calibration,
                               **spec.export_options(precision, (options or {}).get(target, {})))
                 entry.bytes, entry.sha256 = artifact_bytes(path), artifact_digest(path)
-                entry.verify, entry.io = _verify(path, reference, trained, images)
+                entry.coverage = [c.to_dict() for c in spec.summary(path).coverage]
+                entry.verify, entry.io = _verify(path, reference, trained, images, golden)
             except EvimError as err:
                 entry.error = str(err)
             except Exception as err:  # one broken exporter must not hide the others' results
@@ -118,6 +127,7 @@ def build_bundle(reference: torch.nn.Module, deploy: torch.nn.Module, output: st
             common.pop(per_file)
         common.update(labels_file="labels.txt", calibration=calibration.describe() if calibration else None,
                       files=[vars(f) for f in bundle.files])
+        common["golden"] = golden.finish(common)
         bundle.manifest = common
         (staged / BUNDLE_MANIFEST).write_text(json.dumps(common, indent=2))
         (staged / BUNDLE_README).write_text(render_readme(bundle))

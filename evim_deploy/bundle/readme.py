@@ -52,6 +52,20 @@ def app_snippet(entry: "BundleFile", m: dict[str, Any]) -> str:
     return (snippet(entry.file, entry.io or {}, m) if snippet else None) or python_snippet(entry.file)
 
 
+def device_tests(m: dict[str, Any]) -> list[str]:
+    """How to run the generated device tests of ``golden/`` (each target's own instructions)."""
+    golden = m.get("golden")
+    if not golden:
+        return []
+    return ["## Device tests", "",
+            f"`{golden['folder']}/` holds one photo (`{golden['photo']}`), its uint8 RGB pixels after resize and "
+            "centre crop, the exact input tensor each file takes (little-endian `.bin`), the logits each file gave "
+            "when this bundle was verified, and the tolerance each must meet on a device: cosine and logit scale "
+            "derived from verify's bound for its precision and the file's measured error, top-1 / top-5 where the "
+            f"margin is clear (`{golden['manifest']}` states each and how it was derived). The generated tests check "
+            "them in the app, on the phone:", "", *[f"- {test['setup']}" for test in golden["tests"]], ""]
+
+
 def render_readme(bundle: "Bundle") -> str:
     m = bundle.manifest
     h, w = m["input_size"]
@@ -69,4 +83,4 @@ def render_readme(bundle: "Bundle") -> str:
     for entry in bundle.files:
         if not entry.error:
             parts += [f"### `{entry.file}`", _input_text(entry, m), "", app_snippet(entry, m), ""]
-    return "\n".join(parts)
+    return "\n".join(parts + device_tests(m))

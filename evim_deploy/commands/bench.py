@@ -9,7 +9,7 @@ from pathlib import Path
 from ..benchmark.runner import BenchConfig
 from ..console import console, progress_bar
 from ..errors import UsageError
-from ..targets import get_target
+from .info import coverage_table
 
 NAME = "bench"
 HELP = "measure latency of every target side by side; table, JSON, CSV, Markdown, plot"
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(report.table(rows, f"evim-deploy bench — {machine['cpu']}, {machine['usable_cores']} cores"))
     for label, slope in report.scaling_slopes(rows).items():
         console.print(f"log-latency vs log-pixels slope, {label}: {slope:.3f} (1.0 = linear in pixels)", style="bold")
-    for row in {r.file: r for r in rows if r.ok}.values():  # what each file runs: its ops, and what a delegate takes
-        console.print(get_target(row.target).summary(row.file).line(f"{row.label} {Path(row.file).name}"))
+    # what each file runs: its ops, and what each accelerator of its target would take of it
+    console.print(coverage_table({f"{r.label} {Path(r.file).name}": Path(r.file) for r in rows if r.ok}))
     write_outputs(args, rows, machine, asdict(config))
     return 0 if any(r.ok for r in rows) else 1
 

@@ -6,9 +6,9 @@ The default policy keeps fp16 (:data:`.coreml.DEFAULT_FLOAT_GROUPS`), the groups
 (and TFLite's kept before issue 15):
 
 - the first conv: it sees the 3-channel image, where int8 saves nothing and costs accuracy;
-- HSM-SSD's token mixer except its input projection: the softmax over tokens would be quantized in
-  fixed 1/256 steps (its values are about 1/196 at 224x224), and the state products and gates work on
-  tiny (N x C) tensors;
+- HSM-SSD's token mixer except its input projection (``token_mixer``: ``mixer_state`` and
+  ``mixer_projections``): the softmax over tokens would be quantized in fixed 1/256 steps (its values are
+  about 1/196 at 224x224), and the state products and gates work on tiny (N x C) tensors;
 - every depthwise conv (blocks and downsamples) and every block's residual mixes: the residual stream
   passes through them, so their quantize points add up over the network (memory-bound ops, where int8
   gains little);
@@ -30,9 +30,12 @@ from ..calibration import CalibrationSet
 from ..console import quiet
 from ..quantize.groups import split_groups
 
-# Named group -> the part of each block it keeps fp16 (the others are not per block).
-BLOCK_PARTS = (("mixer", "token_mixer"), ("dwconv1", "block_depthwise"), ("dwconv2", "block_depthwise"),
-               ("residual", "residual"), ("mixer.bcdt_proj", "mixer_input"))
+# Named group -> the part of each block it keeps fp16 (the others are not per block). A mixer's own group keeps
+# its state path fp16; its projections, plain GEMMs, follow their own groups (MIXER_PROJECTIONS).
+BLOCK_PARTS = (("mixer", "mixer_state"), ("dwconv1", "block_depthwise"), ("dwconv2", "block_depthwise"),
+               ("residual", "residual"), ("mixer.bcdt_proj", "mixer_input"), ("mixer.hz_proj", "mixer_projections"),
+               ("mixer.out_proj", "mixer_projections"))
+MIXER_PROJECTIONS = ("bcdt_proj", "hz_proj", "out_proj")
 
 
 def named_group_modules(model: nn.Module, named: Iterable[str]) -> list[str]:
@@ -81,7 +84,7 @@ def quantize_w8a8(model: nn.Module, calibration: CalibrationSet, input_scale: np
                                            weight_observer="min_max", weight_per_channel=True)
     names: dict[str, ModuleLinearQuantizerConfig | None] = {}
 
-    def keep_float(layer: str, input_projection: bool) -> None:
+    def keep_float(layer: str, whole: bool) -> None:
         block, _, part = layer.rpartition(".")
         if part == "residual":  # the block's own ops only: its sub-modules keep their configs
             names.update({f"{block}.{child}": int8() for child, _ in model.get_submodule(block).named_children()
@@ -89,13 +92,17 @@ def quantize_w8a8(model: nn.Module, calibration: CalibrationSet, input_scale: np
             names[block] = None
             return
         names[layer] = None
-        if hasattr(model.get_submodule(layer), "bcdt_proj"):  # a mixer: its input projection is a plain GEMM
-            names[f"{layer}.bcdt_proj"] = int8() if input_projection else None
+        if hasattr(model.get_submodule(layer), "bcdt_proj"):  # a mixer: its projections follow their own groups
+            for child in (f"{layer}.{c}" for c in MIXER_PROJECTIONS):
+                if whole:
+                    names[child] = None
+                else:
+                    names.setdefault(child, int8())
     named, layers = split_groups(float_groups, model)
     for layer in named_group_modules(model, named):
-        keep_float(layer, input_projection=True)
-    for layer in layers:  # a layer group is the whole module, a mixer's input projection included
-        keep_float(layer, input_projection=False)
+        keep_float(layer, whole=False)
+    for layer in layers:  # a layer group is the whole module, a mixer's projections included
+        keep_float(layer, whole=True)
     config = LinearQuantizerConfig(global_config=int8(), module_name_configs=names)
     size = tuple(model.input_size)
     with quiet():

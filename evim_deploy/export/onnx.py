@@ -24,7 +24,7 @@ DEFAULT_CALIB_METHOD = "minmax"  # the best measured here (docs/onnx.md)
 # Kept float by default (why, group by group: .onnx_int8). The head: pooled features go straight into the logits,
 # and one GEMV of float is free (random-weight M1 calibrated on other photos than the ones judged: images cosine
 # 0.9805 -> 0.9887; docs/onnx.md).
-DEFAULT_FLOAT_GROUPS = ("stem_input", "mixer_input", "token_mixer", "residual", "depthwise", "head")
+DEFAULT_FLOAT_GROUPS = ("stem_input", "mixer_input", "mixer_state", "residual", "depthwise", "head")
 
 
 def ort_layout(model: "torch.nn.Module") -> "torch.nn.Module":
@@ -67,14 +67,16 @@ def to_fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":
 def export_onnx(model: "torch.nn.Module", output: Path, precision: str = "fp32",
                 calibration: CalibrationSet | None = None, opset: int = 18, dynamic_batch: bool = False,
                 calib_method: str | None = None, per_channel: bool = True, float_groups: Iterable[str] | None = None,
-                int8_format: str = "portable", **_: Any) -> Path:
+                int8_format: str = "portable", fused_layer_norm: bool = False, **_: Any) -> Path:
     """Write ``model`` (deploy form) to ``output`` as ONNX in ``precision``.
 
     INT8 options: ``calib_method`` (minmax | entropy | percentile; default :data:`DEFAULT_CALIB_METHOD`),
     ``per_channel`` weight scales, ``float_groups`` kept in float (:mod:`evim_deploy.quantize.groups`;
     default :data:`DEFAULT_FLOAT_GROUPS`), and ``int8_format`` (a name of :data:`.onnx_int8.INT8_FORMATS`;
     ``portable``, the default, computes the same integers on every CPU). The manifest records the format and
-    the host it was calibrated on (CPU, ISA flags, ONNX Runtime version).
+    the host it was calibrated on (CPU, ISA flags, ONNX Runtime version). LayerNormalization is written as
+    primitive ops for NNAPI (:mod:`.onnx_nnapi`; free on the CPU, which fuses it back) unless
+    ``fused_layer_norm``, which suits the CoreML EP's legacy NeuralNetwork format (no ReduceMean there).
     """
     import onnx
     if opset < 17:
@@ -96,6 +98,10 @@ def export_onnx(model: "torch.nn.Module", output: Path, precision: str = "fp32",
         extra.update(calibration=calibration.describe(), calib_method=calib_method, per_channel=per_channel,
                      float_groups=list(float_groups), int8_format={"name": int8_format, **layout.describe(per_channel)},
                      calibrated_on=host.describe(("onnxruntime",)))
+    if not fused_layer_norm:
+        from .onnx_nnapi import decompose_layer_norms
+        graph = decompose_layer_norms(graph)
+    extra["layer_norm"] = "fused" if fused_layer_norm else "primitive"
     manifest = artifact_manifest(model, "onnx", precision, **extra)
     onnx_format.embed_manifest(graph, manifest)
     onnx.save(graph, output)

@@ -15,9 +15,12 @@ Which nodes stay float is a speed *and* accuracy decision, measured with ORT's p
 
 * ``stem_input``: the first convolution sees 3 channels; its int8 kernel is 3x slower than the fp32
   one, and quantizing the raw image costs accuracy;
-* ``mixer_input`` and ``token_mixer``: HSM-SSD works on tiny tensors (N x C states, N <= 64), so int8
-  saves nothing and its Q/DQ pairs and transposes cost more than they save; ORT also pins a quantized
-  softmax to [0, 1] in 1/255 steps, which wipes out a softmax over 196 tokens;
+* ``mixer_input`` and ``mixer_state``: HSM-SSD's state path works on tiny tensors (N x C states, N <= 64), so
+  int8 saves nothing and its Q/DQ pairs and transposes cost more than they save; ORT also pins a quantized
+  softmax to [0, 1] in 1/255 steps, which wipes out a softmax over 196 tokens. Its two state projections
+  (``mixer_projections``, 4.1 MB of M1's weights) run **dynamic** INT8 (``DYNAMIC_GROUPS`` of
+  :mod:`evim_deploy.quantize.groups`, :func:`quantize_dynamic_products`): the hidden state the head pools
+  changes range from image to image, and calibrated ranges failed random-weight ``verify`` (cosine 0.984);
 * ``residual``: the mix of the mixer output into the residual stream, in float with the mixer;
 * ``depthwise``: every depthwise conv (blocks and downsamples). Most carry a folded residual (identity
   in the centre tap), so per-channel int8 leaves the small taps a few levels; and ORT's int8
@@ -42,7 +45,7 @@ import onnx
 from ..calibration import CalibrationSet
 from ..console import quiet
 from ..errors import UsageError
-from ..quantize.groups import in_groups, split_groups
+from ..quantize.groups import DYNAMIC_GROUPS, in_groups, split_groups
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +77,8 @@ INT8_FORMATS = {"portable": PORTABLE, "vnni-only": VNNI_ONLY,
 NODE_PATTERNS: dict[str, str] = {
     "stem_input": r"^/stem/stem\.0/",
     "mixer_input": r"/mixer/bcdt_proj/",
-    "token_mixer": r"/mixer/(?!bcdt_proj/)",
+    "mixer_state": r"/mixer/(?!bcdt_proj/|hz_proj/|out_proj/)",
+    "mixer_projections": r"/mixer/(hz_proj|out_proj)/",
     "residual": r"^/stages\.\d+\.\d+/(Mul|Add)$",
     "block_depthwise": r"^/stages\.\d+\.\d+/dwconv[12]/",
     "downsample_depthwise": r"^/downsamples\.\d+/downsamples\.\d+\.[025]/",
@@ -206,15 +210,45 @@ def calibrated(graph: onnx.ModelProto, calibration: CalibrationSet, method: str)
         return onnx.load(str(workdir / "pre.onnx")), ranges
 
 
+def dynamic_products(model: onnx.ModelProto, groups: Iterable[str]) -> list[str]:
+    """The weight products (MatMul with a constant B) of the named ``groups``: the nodes that run dynamic INT8."""
+    constants = {i.name for i in model.graph.initializer}
+    return [name for name in nodes_in_named_groups(model, groups) if name in {
+        n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants}]
+
+
+def quantize_dynamic_products(model: onnx.ModelProto, nodes: list[str], per_channel: bool,
+                              int8_format: Int8Format) -> onnx.ModelProto:
+    """``nodes`` (MatMuls) as dynamic INT8: weights quantized like the static ones, the activation quantized per
+    input at run time (``DynamicQuantizeLinear``, uint8) into ``MatMulInteger``, which ORT fuses."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode
+    weights = QuantType.QInt8 if int8_format.weights == "int8" else QuantType.QUInt8
+    with quiet():
+        # built as static, so that it leaves the graph's Gemms alone (a dynamic one rewrites each as MatMul + Transpose)
+        quantizer = ONNXQuantizer(model, per_channel, int8_format.product_weight_bits < 8, QuantizationMode.IntegerOps,
+                                  True, weights, QuantType.QUInt8, None, nodes, None, ["MatMul"],
+                                  {"MatMulConstBOnly": True})
+        quantizer.static = False  # then quantizes the inputs of ``nodes`` at run time
+        quantizer.quantize_model()
+        quantizer.model.topological_sort()
+    return quantizer.model.model
+
+
 def quantize_calibrated(model: onnx.ModelProto, ranges, deploy: "torch.nn.Module", per_channel: bool,
                         float_groups: Iterable[str], int8_format: Int8Format = PORTABLE) -> onnx.ModelProto:
-    """Static QDQ INT8 of a :func:`calibrated` graph in ``int8_format`` (``model`` is left untouched)."""
+    """Static QDQ INT8 of a :func:`calibrated` graph in ``int8_format`` (``model`` is left untouched); the weight
+    products of :data:`DYNAMIC_GROUPS` not kept float run dynamic INT8 (:func:`quantize_dynamic_products`)."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     named, layers = split_groups(float_groups, deploy)
     model = copy.deepcopy(model)
-    exclude = sorted(set(nodes_in_named_groups(model, named)) | set(nodes_in_layer_groups(model, layers)))
+    exclude = set(nodes_in_named_groups(model, named)) | set(nodes_in_layer_groups(model, layers))
+    dynamic = [node for node in dynamic_products(model, [g for g in DYNAMIC_GROUPS if g not in named])
+               if node not in exclude]
+    exclude = sorted(exclude | set(dynamic))
     op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # quantize_static's default
     options = {"ActivationSymmetric": False, "WeightSymmetric": int8_format.weights == "int8",
                "TensorQuantOverrides": weight_overrides(model, int8_format, per_channel)}
@@ -224,7 +258,8 @@ def quantize_calibrated(model: onnx.ModelProto, ranges, deploy: "torch.nn.Module
                                  op_types, options)
         quantizer.quantize_model()
         quantizer.model.topological_sort()
-    return quantizer.model.model
+    model = quantizer.model.model
+    return quantize_dynamic_products(model, dynamic, per_channel, int8_format) if dynamic else model
 
 
 def quantize(graph: onnx.ModelProto, deploy: "torch.nn.Module", calibration: CalibrationSet, method: str,

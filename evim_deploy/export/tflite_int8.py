@@ -22,6 +22,9 @@ activations, so in int8 those ops would leave the delegate for TFLite's own kern
 partitions, slower than fp32 at 2 threads); in float they stay inside it, and the softmax keeps its
 resolution (1/256 steps cannot carry weights averaging 1/196). ``float_groups`` (:mod:`evim_deploy.quantize.groups`) keep more in
 float: named groups translate to module-path regexes (:data:`MODULE_PATTERNS`), layer groups to module paths.
+With ``xnnpack=True`` the mixer's two state projections (``mixer_projections``, a dynamic group) are left float
+here too: the flatbuffer's float ``FULLY_CONNECTED`` ops get int8 weights afterwards and XNNPACK runs them as
+dynamic INT8 (the input quantized per row at run time), as it runs every float group's projections.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from torch.fx import GraphModule, Node
 from ..calibration import CalibrationSet
 from ..console import track
 from ..errors import UsageError
-from ..quantize.groups import in_groups, split_groups
+from ..quantize.groups import DYNAMIC_GROUPS, in_groups, split_groups
 
 aten = torch.ops.aten
 
@@ -44,7 +47,8 @@ aten = torch.ops.aten
 MODULE_PATTERNS: dict[str, str | None] = {
     "stem_input": r"(^|\.)stem\.0\.",                  # the first convolution, on the 3-channel image
     "mixer_input": r"\.mixer\.bcdt_proj(\.|$)",        # HSM-SSD's input projection
-    "token_mixer": r"\.mixer(\.(?!bcdt_proj)|$)",       # HSM-SSD after its input projection
+    "mixer_state": r"\.mixer(\.(norm|bcdt_dw)(\.|$)|$)",  # HSM-SSD's norm, B/C/dt conv and its own ops
+    "mixer_projections": r"\.mixer\.(hz_proj|out_proj)(\.|$)",  # its two weight products on the hidden state
     "residual": None,                                 # x * per-channel constant (the folded residual gates)
     "block_depthwise": r"\.dwconv\d(\.|$)",            # each block's two 3x3 depthwise convolutions
     "downsample_depthwise": r"(^|\.)downsamples\.\d+\.[025](\.|$)",
@@ -101,6 +105,15 @@ def float_policy(deploy: torch.nn.Module, float_groups: Iterable[str]) -> Callab
     return keeps_float
 
 
+def dynamic_modules(deploy: torch.nn.Module, float_groups: Iterable[str]) -> list[str]:
+    """The linears of :data:`~evim_deploy.quantize.groups.DYNAMIC_GROUPS` that ``float_groups`` leave INT8: they run
+    dynamic INT8 (int8 weights, the input's range taken per run). Shared by every PT2E exporter."""
+    named, float_layers = split_groups(float_groups, deploy)
+    patterns = [re.compile(MODULE_PATTERNS[group]) for group in DYNAMIC_GROUPS if group not in named]
+    return [name for name, module in deploy.named_modules() if isinstance(module, torch.nn.Linear)
+            and any(p.search(name) for p in patterns) and not in_groups(name, float_layers)]
+
+
 def calibrated_config(config: Any, calib_method: str) -> Any:
     """A PT2E quantization config with ``calib_method``'s activation observer (:data:`CALIBRATION_OBSERVERS`)."""
     import dataclasses
@@ -148,10 +161,12 @@ def make_quantizer(deploy: torch.nn.Module, float_groups: Iterable[str], per_cha
 
     config = calibrated_config(pt2e.get_symmetric_quantization_config(is_per_channel=per_channel), calib_method)
     keeps_float = float_policy(deploy, float_groups)
+    # left float for finish_int8 to make hybrid FULLY_CONNECTED (XNNPACK's dynamic INT8); static for accelerators
+    dynamic = set(dynamic_modules(deploy, float_groups)) if xnnpack else set()
 
     class EfficientViMQuantizer(pt2e.PT2EQuantizer):
         def quantizable(self, node: Node) -> bool:
-            return not (keeps_float(node) or xnnpack and without_xnnpack_int8(node))
+            return not (keeps_float(node) or _module_path(node) in dynamic or xnnpack and without_xnnpack_int8(node))
 
         def annotate(self, model: GraphModule) -> GraphModule:
             config = self.global_config

@@ -13,7 +13,7 @@ from typing import Any
 from ..console import quiet
 from ..errors import UsageError
 from ..manifest import Manifest
-from . import MANIFEST_KEY, FileSummary, io_entry, op_histogram, shape_text
+from . import MANIFEST_KEY, Coverage, FileSummary, io_entry, op_histogram, shape_text
 
 MANIFEST_METHOD = MANIFEST_KEY  # no inputs; returns the manifest JSON
 FORWARD = "forward"
@@ -67,6 +67,16 @@ def delegation_line(delegation: dict[str, Any]) -> str:
             f"not delegated: {rest}")
 
 
+def coverage(delegation: dict[str, Any]) -> Coverage:
+    """The delegation recorded at export (``XnnpackBackend``'s ops and subgraphs) as a :class:`Coverage`:
+    ``XNNPACK 214/240 (89%), 20 partitions; left split_with_sizes_copy 12, native_layer_norm 10, mean 4``."""
+    left = delegation["not_delegated"]
+    return Coverage(delegation["backend"].removesuffix("Backend").upper(), delegation["delegated"],
+                    delegation["delegated"] + sum(left.values()), delegation["subgraphs"], dict(left),
+                    [f"{op}: not lowered to {delegation['backend']}, runs on ExecuTorch's portable kernels"
+                     for op in left], "executorch.devtools.backend_debug.get_delegation_info at export")
+
+
 def summary(path: str | Path) -> FileSummary:
     """``forward``'s calls (one per delegate call, one per portable kernel), its I/O, size and the delegation."""
     program = _program(path)
@@ -91,13 +101,13 @@ def summary(path: str | Path) -> FileSummary:
     line = [f"input {shape_text(inputs[0]['shape'])} {inputs[0]['dtype']}"] if inputs else []
     details: dict[str, Any] = {"inputs": inputs, "outputs": tensors(plan.outputs, "logits")}
     manifest = plans.get(MANIFEST_METHOD)
-    if manifest is not None:
-        delegation = Manifest.from_json(manifest.values[0].val.string_val).extra.get("delegation")
-        if delegation:
-            details["delegation"] = delegation
-            line.append(delegation_line(delegation))
+    delegation = manifest and Manifest.from_json(manifest.values[0].val.string_val).extra.get("delegation")
+    if delegation:
+        details["delegation"] = delegation
+        line.append(delegation_line(delegation))
     details["line"] = tuple(line)
-    return FileSummary(op_histogram(calls), len(calls), Path(path).stat().st_size, "calls", details)
+    return FileSummary(op_histogram(calls), len(calls), Path(path).stat().st_size, "calls", details,
+                       [coverage(delegation)] if delegation else [])
 
 
 def kotlin_snippet(file: str, io: dict[str, Any], m: dict[str, Any]) -> str:

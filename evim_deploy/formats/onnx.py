@@ -1,7 +1,9 @@
 """The ONNX file format: manifest in ``metadata_props``, graph summary, I/O as ONNX Runtime reports it, and
-the integer matrix products of an INT8 file (which ones could saturate int16 pair sums on x86 without VNNI)."""
+the integer matrix products of an INT8 file (which ones could saturate int16 pair sums on x86 without VNNI),
+and what ONNX Runtime's mobile execution providers would take of it (:func:`coverage`)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -10,7 +12,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..manifest import Manifest
-from . import MANIFEST_KEY, FileSummary, io_entry, op_histogram
+from . import MANIFEST_KEY, Coverage, FileSummary, io_entry, op_histogram
 
 if TYPE_CHECKING:
     import onnx
@@ -22,6 +24,13 @@ DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(ui
 PRODUCT_OPS = ("Conv", "MatMul", "Gemm", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")
 # |w| <= 64 keeps every pair of u8 x s8 products within int16: 255 * 64 * 2 = 32640 <= 32767.
 PAIR_SAFE_WEIGHT = 64
+# The execution providers ONNX Runtime's mobile usability checker knows: name -> its supported-ops table
+# (onnxruntime/tools/mobile_helpers/*.md; None: NNAPI's). The CoreML EP builds a NeuralNetwork model unless
+# the app asks for ModelFormat=MLProgram.
+MOBILE_EPS = {"NNAPI": None, "CoreML MLProgram": "coreml_supported_mlprogram_ops.md",
+              "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md"}
+USABILITY_METHOD = ("onnxruntime.tools.check_onnx_model_mobile_usability (mobile_helpers.usability_checker) "
+                    "on the file as written")
 
 
 def embed_manifest(model: "onnx.ModelProto", manifest: Manifest) -> None:
@@ -49,7 +58,40 @@ def summary(path: str | Path) -> FileSummary:
     graph = onnx.load(str(path), load_external_data=False)
     opset = max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     return FileSummary(op_histogram(node.op_type for node in graph.graph.node), len(graph.graph.node),
-                       Path(path).stat().st_size, "nodes", {"opset": opset, "line": (f"opset {opset}",)})
+                       Path(path).stat().st_size, "nodes", {"opset": opset, "line": (f"opset {opset}",)},
+                       coverage(path))
+
+
+def coverage(path: str | Path) -> list[Coverage]:
+    """Nodes and partitions the NNAPI and CoreML execution providers would take, by ONNX Runtime's own mobile
+    usability checker, and what breaks them (unsupported ops, dynamic shapes, rank).
+
+    The checker's command line first optimizes the model for the CPU EP; that rewrites an fp16 file's ops
+    that have no CPU fp16 kernel (Relu -> Max, Softmax -> Exp/ReduceSum, 166 Casts on M1), which an NNAPI
+    or CoreML session partitions before. So the file is analysed as written (the checker's ``--skip_optimize``)."""
+    from onnxruntime.tools.mobile_helpers import usability_checker as checker
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo
+    model = ModelProtoWithShapeInfo(Path(path)).model_with_shape_info
+    silent = logging.getLogger("evim_deploy.usability_checker")
+    silent.disabled = True
+    dynamic, _ = checker.check_shapes(model.graph, silent)
+    found = []
+    for ep, table in MOBILE_EPS.items():
+        info = (checker.check_nnapi_partitions(model, True) if table is None
+                else checker.check_coreml_partitions(model, True, table))
+        taken = {node for group in info.supported_groups for node in group}
+        left = op_histogram(n.op_type for n in model.graph.node if n not in taken)
+        unsupported = sorted(op.split(":")[-1] for op in info.unsupported_ops)  # "ai.onnx:LayerNormalization"
+        causes = [f"{op} ({left.get(op, 0)} nodes): not among the {ep} EP's ops" for op in unsupported]
+        if info.nodes_unsupported_due_to_dynamic_input:
+            causes.append(f"{info.nodes_unsupported_due_to_dynamic_input} nodes with a dynamic input shape "
+                          f"(free dimension of {', '.join(i.name for i in dynamic) or 'an inner tensor'})")
+        if info.num_unsupported_nodes_due_to_rank:
+            causes.append(f"{info.num_unsupported_nodes_due_to_rank} nodes of rank > 5 "
+                          f"({', '.join(sorted(info.ops_with_unsupported_rank))})")
+        found.append(Coverage(ep, info.num_supported_nodes, info.num_nodes, info.num_partitions, left, causes,
+                              USABILITY_METHOD))
+    return found
 
 
 def describe_io(nodes: Iterable[Any]) -> list[dict[str, Any]]:

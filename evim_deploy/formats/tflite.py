@@ -1,7 +1,8 @@
 """The TFLite flatbuffer: the manifest in a named metadata buffer, the operator summary, the tensors' I/O with
-their quantization, and the Kotlin (LiteRT ``Interpreter``) snippet an Android app starts from.
+their quantization, what XNNPACK takes of it, and the Kotlin (LiteRT ``Interpreter``) snippet an Android app
+starts from.
 
-Everything is read with the flatbuffer schema that ships with ``ai_edge_litert``: no TensorFlow, no PyTorch.
+Everything is read with ``ai_edge_litert`` (its flatbuffer schema and interpreter): no TensorFlow, no PyTorch.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from ..console import quiet
 from ..manifest import Manifest
-from . import MANIFEST_KEY, FileSummary, io_entry, layout_of, op_histogram, shape_text
+from . import MANIFEST_KEY, Coverage, FileSummary, io_entry, layout_of, op_histogram, shape_text
 
 # Ops that move or (de)quantize data rather than compute: left out of the float-ops count of an int8 file.
 BOOKKEEPING_OPS = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SLICE", "PAD", "CONCATENATION")
@@ -80,7 +82,58 @@ def summary(path: str | Path) -> FileSummary:
     first = inputs[0]
     return FileSummary(op_histogram(ops), graph.OperatorsLength(), len(data), "operators",
                        {"inputs": inputs, "outputs": tensors(graph.OutputsAsNumpy()),
-                        "line": (f"input {first['shape']} {first['dtype'].lower()}",)})
+                        "line": (f"input {first['shape']} {first['dtype'].lower()}",)}, coverage(path))
+
+
+def coverage(path: str | Path) -> list[Coverage]:
+    """The operators the XNNPACK delegate takes in LiteRT's interpreter (as an app's default ``Interpreter``
+    builds it), in how many partitions, and those left to TFLite's own kernels, as ``"OP dtype"``."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    with quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on fd 2
+        interpreter = Interpreter(model_path=str(path), num_threads=1,
+                                  experimental_op_resolver_type=OpResolverType.AUTO)
+        interpreter.allocate_tensors()
+    found = delegation(interpreter)
+    total = sum(1 for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE")
+    left = found["undelegated"]
+    causes = [f"{op}: no XNNPACK kernel for this op and type, runs on TFLite's builtin kernels" for op in left]
+    return [Coverage("XNNPACK", total - sum(left.values()), total, found["partitions"], left, causes,
+                     "ai_edge_litert Interpreter with XNNPACK: its DELEGATE nodes vs the ops outside them")]
+
+
+def delegation(interpreter) -> dict:
+    """How XNNPACK took the graph of an allocated ``ai_edge_litert`` interpreter: ``partitions`` (delegate
+    kernels) and ``undelegated``, a count of the file's ops left to TFLite's own kernels as ``"OP dtype"``.
+
+    The interpreter lists the file's ops, then one ``DELEGATE`` node per partition with its input and
+    output tensors. An op runs inside a partition when it writes a partition's output, or writes a tensor
+    that only ops inside partitions read (and that no partition takes as input); every other op is left out.
+    """
+    ops = interpreter._get_ops_details()
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
+    own = [op for op in ops if op["op_name"] != "DELEGATE"]
+    delegate_in = {t for op in partitions for t in op["inputs"]}
+    delegate_out = {t for op in partitions for t in op["outputs"]}
+    readers: dict[int, list[int]] = {}
+    for op in own:
+        for t in op["inputs"]:
+            readers.setdefault(int(t), []).append(op["index"])
+    inside: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for op in reversed(own):
+            if op["index"] in inside:
+                continue
+            outputs = {int(t) for t in op["outputs"]}
+            if outputs & delegate_out or any(t not in delegate_in and readers.get(t) and
+                                             all(r in inside for r in readers[t]) for t in outputs):
+                inside.add(op["index"])
+                changed = True
+    left = op_histogram(f"{op['op_name']} {dtypes.get(int(op['outputs'][0]), '?')}"
+                        for op in own if op["index"] not in inside)
+    return {"partitions": len(partitions), "undelegated": left}
 
 
 def float_compute_ops(path: str | Path) -> dict[str, int]:

@@ -4,7 +4,8 @@ tool's syntax (ONNX Runtime's ``nodes_to_exclude``, litert's module scopes, Core
 A group is either
 
 * a **named group**, one kind of layer across the whole network (:data:`NAMED_GROUPS`); ``depthwise`` is
-  shorthand for both depthwise kinds (:data:`ALIASES`); or
+  shorthand for both depthwise kinds and ``token_mixer`` for the whole HSM-SSD after its input projection,
+  its state path and its two state projections (:data:`ALIASES`); or
 * a **layer group**, one module of the deploy form (:func:`layer_groups`): ``stem``; per block
   ``stages.<stage>.<block>.<part>`` with part ``dwconv1``, ``mixer``, ``dwconv2``, ``fc1``, ``fc2`` or
   ``residual`` (the block's own ops: its residual mixes); each ``downsamples.<i>``; the ``head``.
@@ -27,14 +28,23 @@ BLOCK_PARTS = ("dwconv1", "mixer", "dwconv2", "fc1", "fc2", RESIDUAL)
 NAMED_GROUPS: dict[str, str] = {
     "stem_input": "the first convolution, on the 3-channel image",
     "mixer_input": "each HSM-SSD's input projection (B, C and dt)",
-    "token_mixer": "each HSM-SSD after its input projection: norm, token softmax, state products, gates, output",
+    "mixer_state": "each HSM-SSD's state path: norm, B/C/dt depthwise conv, token softmax, both state products, "
+                   "gates",
+    "mixer_projections": "each HSM-SSD's two weight products on its hidden state (hz_proj, out_proj)",
     RESIDUAL: "each block's residual mixes (the folded LayerScale gates: per-channel scales and adds)",
     "block_depthwise": "each block's two 3x3 depthwise convolutions",
     "downsample_depthwise": "the depthwise convolutions of the patch-merging downsamples",
     "downsample": "every patch-merging downsample, whole",
     "head": "the pooled-feature norms and the folded classifier",
 }
-ALIASES: dict[str, tuple[str, ...]] = {"depthwise": ("block_depthwise", "downsample_depthwise")}
+# Named groups whose weight products, when INT8, quantize their input per run (dynamic INT8: int8 weights, the
+# activation's range measured on each input) instead of from calibrated ranges: ONNX DynamicQuantizeMatMul, TFLite
+# hybrid FULLY_CONNECTED, XNNPACK qd8 in ExecuTorch (Core ML has no dynamic INT8: static W8A8 there). The mixer's
+# hidden state, which the head pools, changes range from image to image: random-weight M1 on the sample photos
+# gives ONNX images cosine 0.984 with calibrated ranges (below verify's 0.99) and 0.995 dynamic (docs/int8.md).
+DYNAMIC_GROUPS = ("mixer_projections",)
+ALIASES: dict[str, tuple[str, ...]] = {"depthwise": ("block_depthwise", "downsample_depthwise"),
+                                       "token_mixer": ("mixer_state", "mixer_projections")}
 
 
 def layer_groups(deploy: "torch.nn.Module") -> list[str]:

@@ -4,7 +4,6 @@ The manifest travels inside the flatbuffer (:mod:`evim_deploy.formats.tflite`), 
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import NoReturn
 
 import numpy as np
@@ -97,43 +96,10 @@ class TFLiteRuntime(Runtime):
         """How XNNPACK took the graph: ``partitions`` (delegate kernels) and ``undelegated``, a count of the
         file's ops left to TFLite's own kernels as ``"OP dtype"`` (each runs outside the delegate, with a
         thread pool of its own). A file with no undelegated op runs as one XNNPACK partition."""
-        return delegation(self.interpreter)
+        return tflite_format.delegation(self.interpreter)
 
     def describe(self) -> dict:
         kernels = "reference" if self.reference_kernels else "xnnpack" if self.xnnpack else "builtin"
         return {**super().describe(), "layout": self.manifest.layout, "kernels": kernels,
                 "input_quantization": self.input_quantization}
 
-
-def delegation(interpreter) -> dict:
-    """:meth:`TFLiteRuntime.delegation` of an allocated ``ai_edge_litert`` interpreter.
-
-    The interpreter lists the file's ops, then one ``DELEGATE`` node per partition with its input and
-    output tensors. An op runs inside a partition when it writes a partition's output, or writes a tensor
-    that only ops inside partitions read (and that no partition takes as input); every other op is left out.
-    """
-    ops = interpreter._get_ops_details()
-    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
-    partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
-    own = [op for op in ops if op["op_name"] != "DELEGATE"]
-    delegate_in = {t for op in partitions for t in op["inputs"]}
-    delegate_out = {t for op in partitions for t in op["outputs"]}
-    readers: dict[int, list[int]] = {}
-    for op in own:
-        for t in op["inputs"]:
-            readers.setdefault(int(t), []).append(op["index"])
-    inside: set[int] = set()
-    changed = True
-    while changed:
-        changed = False
-        for op in reversed(own):
-            if op["index"] in inside:
-                continue
-            outputs = {int(t) for t in op["outputs"]}
-            if outputs & delegate_out or any(t not in delegate_in and readers.get(t) and
-                                             all(r in inside for r in readers[t]) for t in outputs):
-                inside.add(op["index"])
-                changed = True
-    left = Counter(f"{op['op_name']} {dtypes.get(int(op['outputs'][0]), '?')}"
-                   for op in own if op["index"] not in inside)
-    return {"partitions": len(partitions), "undelegated": dict(left)}
