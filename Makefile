@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/evim-deploy demo
 
-# The import-linter contracts in pyproject.toml (the layers) first, then the whole suite.
+# The import-linter contracts in pyproject.toml (the layers) first, then the whole suite. Every extra is
+# installed here, so a missing one fails the run rather than skipping a backend (evim_deploy.testing.extras).
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-logo --no-cache
-	$(PY) -m pytest -q
+	EVIM_DEPLOY_ALL_EXTRAS=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/cpu_latency.py

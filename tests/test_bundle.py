@@ -7,11 +7,12 @@ import re
 
 import pytest
 
+from evim_deploy.testing.extras import require
 from evim_deploy.targets import TARGETS, load, mobile_targets
 from evim_deploy.testing.train_fixture import LABELS_FILE
 
-pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
-pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
+require("coremltools", "coreml")
+require("ai_edge_litert", "tflite")
 pytestmark = pytest.mark.slow  # six exports and verifies
 
 

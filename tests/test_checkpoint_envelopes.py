@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from evim_deploy.testing.extras import require
 from evim_deploy.cli import main
 from evim_deploy.errors import CheckpointError
 from evim_deploy.model import safe_pickle
@@ -19,7 +20,7 @@ from evim_deploy.model.checkpoint import read_state_dict
 from evim_deploy.targets import load
 from evim_deploy.testing import randomized_model
 
-yacs_config = pytest.importorskip("yacs.config", reason="yacs is a dev dependency: pip install 'evim-deploy[dev]'")
+yacs_config = require("yacs.config", "dev")
 
 MODEL_ARGS = ("--model", "tiny", "--resolution", "64")
 X = np.random.default_rng(5).standard_normal((2, 3, 64, 64)).astype(np.float32)

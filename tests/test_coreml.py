@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
+from evim_deploy.testing.extras import require
+
+require("coremltools", "coreml")
 
 from evim_deploy.calibration import load_calibration, synthetic_calibration  # noqa: E402
 from evim_deploy.errors import TargetUnavailableError, UsageError  # noqa: E402

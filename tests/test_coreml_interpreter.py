@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-ct = pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
+from evim_deploy.testing.extras import require
+
+ct = require("coremltools", "coreml")
 
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 

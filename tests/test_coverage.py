@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from evim_deploy.testing.extras import require
 from evim_deploy.bundle import build_bundle
 from evim_deploy.calibration import load_calibration
 from evim_deploy.console import quiet
@@ -17,8 +18,8 @@ from evim_deploy.formats import coreml as coreml_format
 from evim_deploy.formats import executorch as executorch_format
 from evim_deploy.targets import export, get_target, target_for_path
 
-pytest.importorskip("coremltools")
-pytest.importorskip("ai_edge_litert")
+require("coremltools", "coreml")
+require("ai_edge_litert", "tflite")
 
 FILES = (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("tflite", "fp32"), ("coreml", "fp16"),
          ("coreml", "fp32"))

@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("executorch", reason="the executorch extra is not installed: pip install 'evim-deploy[executorch]'")
+from evim_deploy.testing.extras import require
+
+require("executorch", "executorch")
 
 from evim_deploy.calibration import load_calibration  # noqa: E402
 from evim_deploy.errors import MissingExtraError, UsageError  # noqa: E402

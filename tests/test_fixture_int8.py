@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evim_deploy.testing.extras import require
 from evim_deploy.calibration import CalibrationSet, load_calibration
 from evim_deploy.evaluate import evaluate_file, evaluate_reference
 from evim_deploy.quantize.fidelity import export_with_fidelity
@@ -27,9 +28,8 @@ def fp32_heldout(trained, digits):
 
 def _require(target: str) -> None:
     spec = get_target(target)
-    if spec.missing_modules():
-        pytest.skip(f"{target} extra not installed ({', '.join(spec.missing_modules())}): "
-                    f"pip install 'evim-deploy[{spec.extra}]'")
+    for module in spec.missing_modules():
+        require(module, spec.extra)
 
 
 @pytest.mark.parametrize("target, precision", FIDELITY_TARGETS)

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evim_deploy.testing.extras import require
 from evim_deploy.bundle.golden import GOLDEN_DIR, logits_output, misses, read_tensor
 from evim_deploy.preprocess import normalize
 from evim_deploy.targets import TARGETS, load, mobile_targets, target_for_path
 
-pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'evim-deploy[coreml]'")
-pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
+require("coremltools", "coreml")
+require("ai_edge_litert", "tflite")
 pytestmark = pytest.mark.slow  # the session's bundle of the tiny fixture (eight exports), then ~2 s
 
 
@@ -112,7 +113,7 @@ def test_the_classic_app_mistakes_fail_the_golden_check(runs):
 # ------------------------------------------------------------------------------------------ generated code
 def _parse(path: Path):
     """The tree-sitter tree of a generated Swift or Kotlin file and the syntax errors in it."""
-    tree_sitter = pytest.importorskip("tree_sitter", reason="a dev dependency: pip install 'evim-deploy[dev]'")
+    tree_sitter = require("tree_sitter", "dev")
     import tree_sitter_kotlin
     import tree_sitter_swift
     grammar = tree_sitter_swift if path.suffix == ".swift" else tree_sitter_kotlin

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from evim_deploy.testing.extras import require
+
 NOISE = ("I0000", "W0000", "WARNING:absl", "absl::InitializeLog", "_pytree", "torchao", "Failed to load")
 
 SNIPPET = """
@@ -50,7 +52,7 @@ def test_quiet_drops_noise_at_the_descriptor_level_and_keeps_ours():
 
 def test_progress_bars_and_messages_still_reach_a_terminal():
     """On a terminal (a pseudo-terminal here) the console writes to a copy of the terminal's descriptor."""
-    pty = pytest.importorskip("pty")
+    pty = pytest.importorskip("pty", reason="pseudo-terminals exist only on POSIX systems")
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-c", SNIPPET.format(debug=False)], stdin=slave, stdout=slave,
                             stderr=slave)
@@ -93,7 +95,7 @@ def _export_tflite(output, *debug: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow  # two LiteRT conversions
 def test_export_tflite_shows_only_its_own_lines(tmp_path):
-    pytest.importorskip("litert_torch", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
+    require("litert_torch", "tflite")
     proc = _export_tflite(tmp_path / "m.tflite")
     assert proc.returncode == 0, proc.stderr
     assert [line for line in (proc.stdout + proc.stderr).splitlines() if any(n in line for n in NOISE)] == []

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("litert_torch", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
-pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed: pip install 'evim-deploy[tflite]'")
+from evim_deploy.testing.extras import require
+
+require("litert_torch", "tflite")
+require("ai_edge_litert", "tflite")
 
 from evim_deploy.calibration import load_calibration  # noqa: E402
 from evim_deploy.errors import MissingExtraError, UsageError  # noqa: E402
