@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import nullcontext
+from types import ModuleType
 from typing import Sequence
 
 from . import __version__, interrupts
@@ -26,11 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted() -> None:
+    console.print("interrupted: nothing was written", style="bold red")
+    console.file.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    command = next(c for c in COMMANDS if c.NAME == args.command)
+    with interrupts.ctrl_c_exits(_interrupted):
+        args = build_parser().parse_args(argv)
+        return _run(next(c for c in COMMANDS if c.NAME == args.command), args)
+
+
+def _run(command: ModuleType, args: argparse.Namespace) -> int:
     set_debug(args.debug)
-    interrupts.install()
     try:
         with quiet() if getattr(command, "QUIET", False) else nullcontext():
             return command.run(args)
@@ -39,10 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         console.print(f"error: {err}", style="bold red", soft_wrap=True)
         return err.exit_code
-    except KeyboardInterrupt:
-        interrupts.leaving()
-        console.print("interrupted: nothing was written", style="bold red")
-        return 130
+    except KeyboardInterrupt:  # raised by code, not by Ctrl-C (which ctrl_c_exits answers)
+        _interrupted()
+        return interrupts.EXIT_CODE
     except Exception as err:  # last resort: one line, the traceback behind --debug
         if args.debug:
             raise

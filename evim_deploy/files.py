@@ -124,24 +124,30 @@ def staged_output(output: str | Path, force: bool = False, bundle: bool = False)
     output = Path(output)
     refuse_existing(output, force, bundle)
     parent = output.parent if str(output.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
-    except OSError as err:
-        raise UsageError(f"cannot write to {parent} ({err.strerror or err})",
-                         "choose a writable --output location") from None
-    staged, aside = tmp_dir / output.name, tmp_dir / f"{output.name}.previous"
-    try:
-        yield staged
-        interrupts.raise_if_pressed()  # a Ctrl-C that a native library swallowed still wins
-        if not staged.exists():
-            raise RuntimeError(f"exporter wrote nothing to {staged}")
-        with interrupts.deferred():
-            _swap(staged, output, aside, replace=refuse_existing(output, force, bundle, meanwhile=True))
-    finally:
-        with interrupts.deferred():
-            if not _exists(aside):  # an old output that could not be put back stays where the error says
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+    made: list[Path] = []
+
+    def discard() -> None:  # an old output that could not be put back stays where the error says
+        if made and not _exists(made[0] / f"{output.name}.previous"):
+            shutil.rmtree(made[0], ignore_errors=True)
+
+    with interrupts.cleanup(discard):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            with interrupts.deferred():
+                made.append(Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent)))
+        except OSError as err:
+            raise UsageError(f"cannot write to {parent} ({err.strerror or err})",
+                             "choose a writable --output location") from None
+        staged, aside = made[0] / output.name, made[0] / f"{output.name}.previous"
+        try:
+            yield staged
+            if not staged.exists():
+                raise RuntimeError(f"exporter wrote nothing to {staged}")
+            with interrupts.deferred():
+                _swap(staged, output, aside, replace=refuse_existing(output, force, bundle, meanwhile=True))
+        finally:
+            with interrupts.deferred():
+                discard()
 
 
 def _swap(staged: Path, output: Path, aside: Path, replace: bool) -> None:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .. import interrupts
 from ..errors import EvimError
 from ..files import artifact_megabytes
 from ..targets import TARGETS, TargetSpec, export, get_target, target_for_path
@@ -149,11 +150,13 @@ def measure_file(path: str | Path, row: RowSpec, config: BenchConfig) -> dict:
     """Run the worker on one file in a fresh Python process; return its JSON result."""
     spec = {"file": str(path), "threads": row.threads, "batch": row.batch, "iterations": config.iterations,
             "seconds": config.seconds, "warmup": config.warmup}
-    proc = subprocess.run([sys.executable, "-m", "evim_deploy.benchmark.worker", json.dumps(spec)],
-                          capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    with subprocess.Popen([sys.executable, "-m", "evim_deploy.benchmark.worker", json.dumps(spec)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc, \
+            interrupts.cleanup(proc.kill):  # Ctrl-C ends the CLI at once: the worker goes with it
+        stdout, stderr = proc.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
         return {"ok": False, "error": f"worker exited {proc.returncode}: {tail[:300]}"}
     return json.loads(lines[-1])
 
