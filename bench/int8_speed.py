@@ -3,6 +3,7 @@
     .venv/bin/python bench/int8_speed.py [--fixture scenes|random] [--checkpoint FILE --labels FILE]
                                          [--threads 2] [--rounds 9] [--iterations 30] [--heldout 500]
                                          [--targets tflite,executorch] [--profile] [--keep DIR] [--prebuilt DIR]
+                                         [--isa avx2]
 
 Rows: ``torch.onnx.export`` of the eager reference model (what a timm user gets, run in the same ONNX Runtime
 settings), our ONNX fp32, our ONNX INT8 in the format of before (``vnni-only``: 8-bit weights, exact only on
@@ -22,6 +23,8 @@ saturate int16 pairs, ONNX Runtime and LiteRT versions) heads the output; ``--pr
 top ops of every ONNX row. ``--keep DIR`` copies every file it exports into DIR (``<target>_<precision><suffix>``);
 ``--prebuilt DIR`` takes the other targets' files from such a folder instead of exporting them, for a host that
 has their runtimes but not their converters (the device host: LiteRT and ExecuTorch runtimes carried as wheels).
+``--isa avx2`` re-runs the script with CPUID masked to AVX2 (``bench/cpuid.py``): the runtimes take their AVX2
+kernels on this CPU, and the host line says so; it needs a CPU or hypervisor with CPUID faulting.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from cpu_latency import plain_onnx_export, print_profiles  # bench/ is the script's folder
+from cpuid import LIBRARIES, rerun_masked
 from evim_deploy import host
 from evim_deploy.benchmark import interleaved
 from evim_deploy.calibration import load_calibration
@@ -162,7 +166,10 @@ def timers(rows: list[Row], x: np.ndarray) -> dict[str, Callable[[], object]]:
 
 def print_host() -> None:
     record = host.describe()
-    print(f"host: {record['cpu']} ({record['machine']}), ISA {' '.join(record['isa'])}; INT8 int16 pair saturation: "
+    mask = record.get("cpuid_mask")
+    masked = f"; CPUID MASKED TO {mask.upper()}: the runtimes run their {mask} kernels on this CPU" if mask else ""
+    print(f"host: {record['cpu']} ({record['machine']}){masked}, ISA {' '.join(record['isa'])}; "
+          "INT8 int16 pair saturation: "
           f"{'YES (x86 without VNNI)' if record['int16_pair_saturation'] else 'no'}; onnxruntime "
           f"{record['onnxruntime']}, ai-edge-litert {record['ai-edge-litert']}")
 
@@ -199,7 +206,11 @@ def main() -> None:
     parser.add_argument("--precisions", help="the other targets' precisions to include, comma-separated (default: all)")
     parser.add_argument("--keep", help="copy every exported file into this folder")
     parser.add_argument("--prebuilt", help="take the other targets' files from this folder (as --keep writes them)")
+    parser.add_argument("--isa", choices=sorted(LIBRARIES),
+                        help="mask CPUID so the runtimes take this ISA's kernels (needs CPUID faulting)")
     args = parser.parse_args()
+    if args.isa:
+        rerun_masked(args.isa)
     print_host()
     with tempfile.TemporaryDirectory() as tmp:
         rows, facts = build_rows(args, Path(tmp))

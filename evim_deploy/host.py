@@ -1,5 +1,9 @@
 """This host as INT8 kernels see it: the CPU's model and ISA flags (``/proc/cpuinfo``), and library versions.
 
+Runtimes pick kernels from CPUID. Where CPUID is masked for this process (``bench/isa/cpuid_avx2.c``, which
+sets :data:`CPUID_MASK_ENV`), the flags it hides are left out here too, so records and warnings describe the
+kernels that actually run.
+
 Integer kernels differ by ISA in more than speed. On x86 without a VNNI dot product (no ``avx512_vnni``,
 ``avx_vnni`` or AMX), ONNX Runtime's u8 x s8 matrix kernels multiply with ``vpmaddubsw``, which adds each
 pair of adjacent u8 x s8 products into a *saturating* int16 before widening: a pair above 32767 is
@@ -9,6 +13,7 @@ ARM's dot-product and widening kernels, and depthwise kernels everywhere, are ex
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from importlib import metadata
 
@@ -19,6 +24,8 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", 
 # x86 flags whose kernels accumulate u8 x s8 products in int32 directly (no int16 pair sum).
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 RUNTIME_LIBRARIES = ("onnxruntime", "ai-edge-litert")
+CPUID_MASK_ENV = "EVIM_DEPLOY_CPUID_MASK"  # "avx2": CPUID shows this process no AVX-512, VNNI or AMX
+MASKED_PREFIXES = {"avx2": ("avx512", "avx_vnni", "avx_ifma", "avx_ne_convert", "amx")}
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,10 +43,17 @@ def cpuinfo() -> dict[str, str]:
     return fields
 
 
+def cpuid_mask() -> str | None:
+    """The ISA level CPUID is masked to for this process (:data:`CPUID_MASK_ENV`), or None."""
+    return os.environ.get(CPUID_MASK_ENV) or None
+
+
 def cpu_flags() -> frozenset[str]:
-    """Every ISA flag the kernel reports (x86 ``flags``, ARM ``Features``)."""
+    """Every ISA flag the kernel reports (x86 ``flags``, ARM ``Features``), less those CPUID hides from us."""
     info = cpuinfo()
-    return frozenset((info.get("flags") or info.get("Features") or "").split())
+    flags = frozenset((info.get("flags") or info.get("Features") or "").split())
+    hidden = MASKED_PREFIXES.get(cpuid_mask() or "", ())
+    return frozenset(f for f in flags if not f.startswith(hidden)) if hidden else flags
 
 
 def cpu_model() -> str:
@@ -73,4 +87,5 @@ def describe(libraries: tuple[str, ...] = RUNTIME_LIBRARIES) -> dict:
     """A JSON-able record of this host for a manifest: CPU, ISA flags, whether INT8 pairs saturate, versions."""
     return {"cpu": cpu_model(), "machine": platform.machine(), "isa": isa(),
             "int16_pair_saturation": int16_pair_saturation(),
+            **({"cpuid_mask": cpuid_mask()} if cpuid_mask() else {}),
             **{name: library_version(name) for name in libraries}}

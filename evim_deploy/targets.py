@@ -73,7 +73,7 @@ class TargetSpec:
     runtime: type[Runtime]
     summary: Callable[[str | Path], FileSummary]  # ops, count and size of one of its files
     extra: str | None                          # pip extra that installs it (None: core dependency)
-    requires: tuple[str, ...]                  # top-level modules its exporter and runtime import
+    requires: tuple[str, ...]                  # top-level modules its runtime (and its exporter) import
     precisions: tuple[str, ...]                # what its exporter writes; the first quantized one is its INT8
     default_precision: str
     calibrated: tuple[str, ...] = ()           # precisions that need calibration images (activations quantized)
@@ -90,18 +90,21 @@ class TargetSpec:
     ranks_groups: bool = False                 # fast enough to rank layer groups for slower targets' --fidelity
     sweep: bool = False                        # measured at every resolution by default in ``bench``
     on_device_benchmark: bool = False          # ``bench --device adb:SERIAL`` runs its files (benchmark_model)
+    export_requires: tuple[str, ...] = ()      # modules only its exporter imports: running a file needs none
 
-    def missing_modules(self) -> list[str]:
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+    def missing_modules(self, exporting: bool = True) -> list[str]:
+        """Modules of :attr:`requires` (and, ``exporting``, of :attr:`export_requires`) not installed here."""
+        needed = self.requires + (self.export_requires if exporting else ())
+        return [m for m in needed if importlib.util.find_spec(m) is None]
 
-    def check_installed(self) -> None:
-        missing = self.missing_modules()
+    def check_installed(self, exporting: bool = True) -> None:
+        missing = self.missing_modules(exporting)
         if missing:
             raise MissingExtraError(missing[0], self.extra or "all")
 
-    def unavailable_reason(self) -> str | None:
-        """Why files of this target cannot be run and timed on this host, or None."""
-        if self.missing_modules():
+    def unavailable_reason(self, exporting: bool = True) -> str | None:
+        """Why files of this target cannot be (exported,) run and timed on this host, or None."""
+        if self.missing_modules(exporting):
             return f"not installed: pip install 'evim-deploy[{self.extra or 'all'}]'"
         return self.bench_unavailable()
 
@@ -163,7 +166,7 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in [
     TargetSpec(
         "tflite", ".tflite", "TFLite flatbuffer for the LiteRT interpreter on Android",
         tflite_export.export_tflite, tflite_runtime.TFLiteRuntime, tflite_format.summary, "tflite",
-        ("ai_edge_litert", "litert_torch"), ("fp32", "fp16", "int8"), "fp32", calibrated=("int8",),
+        ("ai_edge_litert",), ("fp32", "fp16", "int8"), "fp32", calibrated=("int8",), export_requires=("litert_torch",),
         mixed_precision=True, default_float_groups=tflite_export.DEFAULT_FLOAT_GROUPS,
         default_calib_method=tflite_export.DEFAULT_CALIB_METHOD,
         options=(Option("--layout", {"choices": list(tflite_export.LAYOUTS), "default": "nhwc",
@@ -241,5 +244,5 @@ def load(path: str | Path, target: str | None = None, threads: int | None = None
          **options: Any) -> Runtime:
     """Open an exported file (``.onnx``, ``.mlpackage``, ``.tflite``, ``.pte``, ``.pt2``) with its target's runtime."""
     spec = get_target(target) if target else target_for_path(path)
-    spec.check_installed()
+    spec.check_installed(exporting=False)  # a phone-side install (the runtime alone) runs and verifies files
     return spec.runtime(path, threads=threads, provider=provider, **options)

@@ -109,7 +109,8 @@ def test_ctrl_c_hammered_until_exit_does_not_crash(tmp_path, first_press_after_s
 
 
 def test_missing_optional_extra_names_the_pip_line(cli, monkeypatch, tmp_path):
-    monkeypatch.setattr(TargetSpec, "missing_modules", lambda self: ["coremltools"] if self.extra else [])
+    monkeypatch.setattr(TargetSpec, "missing_modules",
+                        lambda self, exporting=True: ["coremltools"] if self.extra else [])
     code, _, err = cli("export", "--target", "coreml", "--output", tmp_path / "m.mlpackage")
     assert_clean_error(code, err, "coremltools is not installed", "pip install 'evim-deploy[coreml]'")
     assert list(tmp_path.iterdir()) == []

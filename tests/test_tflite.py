@@ -5,6 +5,7 @@ is converted once per module, and the tests that need one are marked slow."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -373,9 +374,26 @@ def test_bad_calibration_folder_is_one_line_and_writes_nothing(content, tmp_path
 
 def test_missing_extra_names_the_pip_command(monkeypatch, tmp_path, cli):
     monkeypatch.setattr(TargetSpec, "missing_modules",
-                        lambda self: ["ai_edge_litert"] if self.name == "tflite" else [])
+                        lambda self, exporting=True: ["ai_edge_litert"] if self.name == "tflite" else [])
     code, _, err = cli("export", "--target", "tflite", "--resolution", "64", "--output", tmp_path / "x.tflite")
     assert code == 2 and "pip install 'evim-deploy[tflite]'" in " ".join(err.split())
     with pytest.raises(MissingExtraError, match=r"evim-deploy\[tflite\]"):
         load(tmp_path / "x.tflite")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_runtime_alone_runs_and_verifies_files_and_export_names_the_converter(monkeypatch, tmp_path, cli):
+    """A board or CI job with only the LiteRT interpreter (no litert-torch converter, which brings torchao) can
+    load, predict and verify .tflite files; only export asks for the converter, naming the pip line."""
+    out = tmp_path / "t.tflite"
+    assert cli("export", "--target", "tflite", "--model", "tiny", "--checkpoint", CHECKPOINT, "--output", out,
+               "--no-verify")[0] == 0
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # what importlib finds when the package is absent
+    with load(out) as backend:
+        assert np.isfinite(backend.predict(np.zeros(backend.input_shape, np.float32))).all()
+    code, _, err = cli("verify", out, "--checkpoint", CHECKPOINT)
+    assert code == 0 and "PASS" in err, err
+    code, _, err = cli("export", "--target", "tflite", "--resolution", "64", "--output", tmp_path / "x.tflite")
+    message = " ".join(err.split())
+    assert code == 2 and "litert_torch is not installed" in message and "pip install 'evim-deploy[tflite]'" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["t.tflite"]

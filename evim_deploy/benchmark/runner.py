@@ -163,7 +163,7 @@ def measure_file(path: str | Path, row: RowSpec, config: BenchConfig) -> dict:
 
 def run_row(row: RowSpec, cache: ArtifactCache, config: BenchConfig) -> BenchRow:
     result = BenchRow(**asdict(row))
-    reason = get_target(row.target).unavailable_reason()
+    reason = get_target(row.target).unavailable_reason(exporting=not row.file)
     if reason:
         result.status = reason
         return result
