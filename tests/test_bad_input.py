@@ -204,17 +204,24 @@ def test_calibration_skips_unreadable_and_converts_odd_images(tmp_path, capsys):
     assert "skipped 1 unreadable" in " ".join(capsys.readouterr().err.split())
 
 
+def _process(pid: int) -> tuple[str, int] | None:
+    """``(state, parent pid)`` of a process from /proc, or None once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def _alive(pid: int) -> bool:
+    process = _process(pid)
+    return process is not None and process[0] != "Z"
+
+
 def _children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+    """Live child processes of ``pid``."""
+    processes = {int(p.name): _process(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
+    return [child for child, process in processes.items() if process and process[0] != "Z" and process[1] == pid]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the bench worker")
@@ -232,8 +239,7 @@ def test_ctrl_c_during_bench_takes_the_worker_process_with_it(small_onnx, tmp_pa
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err, err
     time.sleep(0.5)
-    assert not [w for w in workers if Path(f"/proc/{w}").exists()
-                and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not [w for w in workers if _alive(w)]
 
 
 def test_ctrl_c_during_a_rename_finishes_it_then_exits_and_cleans_up(tmp_path):
